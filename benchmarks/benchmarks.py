@@ -1,0 +1,96 @@
+"""asv benchmarks. Performance claims are ratios against a baseline measured in the same run.
+
+Run: ``asv run --python=same --quick --show-stderr --bench Speedup`` (see README).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+from influence_bench.tasks import get_task
+from influence_bench.training import train_batched, train_single
+
+N_BATCHED = 256  # half-data models trained together
+N_PLAIN = 4  # plain-loop models timed for the baseline (its throughput does not depend on how many)
+
+
+def half_data_members(n_models: int, n_train: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    members = torch.zeros(n_models, n_train, dtype=torch.bool)
+    for b in range(n_models):
+        members[b, torch.randperm(n_train, generator=g)[: n_train // 2]] = True
+    return members
+
+
+def models_per_second_plain(spec, data, members: torch.Tensor) -> float:
+    start = time.perf_counter()
+    for b in range(members.shape[0]):
+        train_single(spec, data, members[b], seed=b)
+    return members.shape[0] / (time.perf_counter() - start)
+
+
+def models_per_second_batched(spec, data, members: torch.Tensor) -> float:
+    start = time.perf_counter()
+    train_batched(spec, data, members, list(range(members.shape[0])))
+    return members.shape[0] / (time.perf_counter() - start)
+
+
+class SpeedupBatchedTraining:
+    """Throughput (models per second, full 100-epoch recipe) of the batched engine over the plain loop."""
+
+    timeout = 1200
+    number = 1
+    repeat = 1
+    unit = "x"
+
+    def setup(self):
+        self.spec = get_task("digits-mlp")
+        self.data = self.spec.data
+        self.members = half_data_members(N_BATCHED, self.data.n_train)
+
+    def track_speedup_256_half_data_models(self):
+        plain = models_per_second_plain(self.spec, self.data, self.members[:N_PLAIN])
+        batched = models_per_second_batched(self.spec, self.data, self.members)
+        print(f"plain loop {plain:.3f} models/s, batched {batched:.3f} models/s, ratio {batched / plain:.1f}x")
+        return batched / plain
+
+    track_speedup_256_half_data_models.unit = "x"
+
+
+class SpeedupExactGGN:
+    """Dense exact GGN of digits-mlp from stacked Jacobians vs curvlinops' GGNLinearOperator @ I."""
+
+    timeout = 3600
+    number = 1
+    repeat = 1
+
+    def setup(self):
+        from influence_bench.groundtruth import reference_model
+        from influence_bench.problem import InfluenceProblem
+
+        spec = get_task("digits-mlp")
+        self.problem = InfluenceProblem(reference_model(spec), spec.data)
+
+    def track_speedup_over_curvlinops(self):
+        from influence_bench.curvature import curvlinops_adapter
+        from influence_bench.curvature.exact import exact_ggn
+
+        p = self.problem
+        start = time.perf_counter()
+        ours = exact_ggn(p.model, p.x_train)
+        t_ours = time.perf_counter() - start
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            op = curvlinops_adapter.ggn_operator(p.model, p.x_train, p.y_train)
+            start = time.perf_counter()
+            theirs = op @ torch.eye(p.n_params, dtype=torch.float64)
+            t_theirs = time.perf_counter() - start
+        rel = float(torch.linalg.norm(ours - theirs) / torch.linalg.norm(theirs))
+        print(f"exact_ggn {t_ours:.1f} s, curvlinops GGN @ I {t_theirs:.1f} s, "
+              f"ratio {t_theirs / t_ours:.1f}x, relative difference {rel:.1e}")
+        return t_theirs / t_ours
+
+    track_speedup_over_curvlinops.unit = "x"

@@ -1,0 +1,127 @@
+"""Exact quantities of a trained model, computed once with torch.func and shared by every entry.
+
+Parameters are ordered as ``model.parameters()`` and flattened row-major: W1, b1, W2, b2, ...
+All results are float64.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.linalg.blas import dsyrk
+from torch import nn
+from torch.func import functional_call, grad, jacrev, jvp, vmap
+
+Params = dict[str, torch.Tensor]
+
+
+def named_params(model: nn.Module) -> Params:
+    return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def flatten(params: Params) -> torch.Tensor:
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def unflatten(vector: torch.Tensor, like: Params) -> Params:
+    out, start = {}, 0
+    for k, p in like.items():
+        out[k] = vector[start : start + p.numel()].view_as(p)
+        start += p.numel()
+    return out
+
+
+def layer_slices(model: nn.Module) -> list[slice]:
+    """One slice per nn.Linear (weight and bias together) in the flattened parameter vector."""
+    slices, start = [], 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            size = module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
+            slices.append(slice(start, start + size))
+            start += size
+    return slices
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def per_example_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """g_i = grad of the cross-entropy of example i at the trained parameters: [n, P]."""
+    params = named_params(model)
+
+    def loss(p: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, p, (xi.unsqueeze(0),))
+        return F.cross_entropy(logits, yi.unsqueeze(0))
+
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0))
+    rows = []
+    for part in _chunks(x.shape[0], chunk):
+        g = per_example(params, x[part], y[part])
+        rows.append(torch.cat([t.reshape(t.shape[0], -1) for t in g.values()], dim=1))
+    return torch.cat(rows)
+
+
+def per_example_jacobians(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """J_n = d f(x_n) / d theta of the logits: [n, C, P]."""
+    params = named_params(model)
+
+    def logits(p: Params, xi: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, p, (xi.unsqueeze(0),)).squeeze(0)
+
+    jac = vmap(jacrev(logits), in_dims=(None, 0))(params, x)
+    return torch.cat([t.reshape(t.shape[0], t.shape[1], -1) for t in jac.values()], dim=2)
+
+
+def softmax_hessian_sqrt(logits: torch.Tensor) -> torch.Tensor:
+    """S_n with S_n S_n^T = diag(p_n) - p_n p_n^T (the cross-entropy Hessian in the logits):
+    S = diag(sqrt p) - p sqrt(p)^T. logits: [n, C] -> [n, C, C]."""
+    p = torch.softmax(logits, dim=-1)
+    s = p.sqrt()
+    return torch.diag_embed(s) - p.unsqueeze(2) * s.unsqueeze(1)
+
+
+def exact_ggn(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """GGN of the MEAN cross-entropy: (1/n) sum_n J_n^T H_n J_n, from stacked per-example Jacobians.
+
+    With H_n = S_n S_n^T each chunk contributes B^T B for B = [S_n^T J_n]_n stacked ([chunk*C, P]):
+    one large matrix product instead of one matrix-vector product per column.
+    """
+    n = x.shape[0]
+    n_params = sum(p.numel() for p in model.parameters())
+    if next(model.parameters()).dtype != torch.float64:
+        raise TypeError("exact_ggn works in float64: pass model.double() and float64 inputs")
+    upper = np.zeros((n_params, n_params), order="F")  # only the upper triangle is accumulated
+    with torch.no_grad():
+        all_logits = model(x)
+    for part in _chunks(n, chunk):
+        jac = per_example_jacobians(model, x[part])  # [c, C, P]
+        sqrt_h = softmax_hessian_sqrt(all_logits[part])  # [c, C, C]
+        b = torch.einsum("nck,ncp->nkp", sqrt_h, jac).reshape(-1, n_params)
+        # symmetric rank-k update: upper += b^T b (BLAS dsyrk, half the work of a full product)
+        upper = dsyrk(1.0, b.numpy().T, beta=1.0, c=upper, trans=0, lower=0, overwrite_c=1)
+    ggn = torch.from_numpy(np.triu(upper) + np.triu(upper, 1).T)
+    return ggn.div_(n)
+
+
+def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """Hessian of the MEAN cross-entropy, one Hessian-vector product (forward over reverse) per
+    column, vectorised over ``chunk`` columns at a time: [P, P]."""
+    params = named_params(model)
+    flat = flatten(params)
+
+    def mean_loss(v: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, unflatten(v, params), (x,)), y)
+
+    gradient: Callable[[torch.Tensor], torch.Tensor] = grad(mean_loss)
+
+    def hvp(direction: torch.Tensor) -> torch.Tensor:
+        return jvp(gradient, (flat,), (direction,))[1]
+
+    eye = torch.eye(flat.numel(), dtype=flat.dtype)
+    hess = torch.cat([vmap(hvp)(eye[part]) for part in _chunks(flat.numel(), chunk)])
+    return (hess + hess.T) / 2  # symmetric up to rounding

@@ -1,0 +1,27 @@
+"""``kfac-eigvals-in-block-basis``: the exact block-GGN eigenbasis carrying K-FAC's eigenvalues,
+matched by rank (PROTOCOL.md section 6). With EK-FAC it separates the two changes from block-GGN
+to K-FAC (basis, eigenvalues) in both orders."""
+
+from __future__ import annotations
+
+import torch
+
+from influence_bench.curvature import curvlinops_adapter
+from influence_bench.curvature.eigen import EigenCurvature
+from influence_bench.entries.base import Entry, register
+
+
+@register
+class KFACEigvalsInBlockBasis(Entry):
+    name = "kfac-eigvals-in-block-basis"
+    description = "block-GGN eigenbasis with K-FAC (type-2) eigenvalues matched by rank"
+    curvature_kind = "layer-blocks"
+
+    def fit(self, problem):
+        block = EigenCurvature.from_dense_blocks(problem.layer_blocks(problem.ggn), problem.layer_slices)
+        kfac = curvlinops_adapter.kfac_layers(problem.model, problem.x_train, problem.y_train, "type-2")
+        # eigh returns ascending eigenvalues, so the i-th smallest K-FAC eigenvalue goes to the
+        # eigenvector of the i-th smallest block-GGN eigenvalue
+        eigvals = [torch.sort(layer.eigvals).values for layer in kfac]
+        self.curvature_ = EigenCurvature(block.slices, eigvals, block.eigvecs)
+        return self

@@ -1,0 +1,40 @@
+"""The reference model of a task: trained on all training points with the task's reference seed."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from influence_bench import __version__
+from influence_bench.groundtruth.cache import ArtifactStore, content_key, default_cache_dir
+from influence_bench.tasks.spec import TaskData, TaskSpec
+from influence_bench.training.batched import train_batched
+
+
+def reference_model(
+    spec: TaskSpec, cache_dir: Path | None = None, device: str = "cpu", data: TaskData | None = None
+) -> nn.Sequential:
+    """The task's reference model (cached, SHA-256 checked), as a float32 ``nn.Sequential``."""
+    data = data or spec.data
+    root = Path(cache_dir or default_cache_dir()) / "models" / spec.key
+    store = ArtifactStore(root)
+    name = f"reference-{content_key(spec.to_dict(), __version__)}.pt"
+    model = spec.make_model()
+    path = store.verified_path(name)
+    if path is not None:
+        try:
+            model.load_state_dict(torch.load(path, weights_only=True))
+            return model.eval()
+        except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint is retrained
+            store.discard(name, f"cannot be loaded ({exc})")
+    everyone = torch.ones(1, data.n_train, dtype=torch.bool)
+    model = train_batched(spec, data, everyone, [spec.reference_seed], device=device).model(0, spec).cpu()
+
+    def write(f: io.BufferedWriter) -> None:
+        torch.save(model.state_dict(), f)
+
+    store.save(name, write)
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Metrics: correlations, LDS and its noise ceiling, curvature fidelity."""

@@ -1,0 +1,1 @@
+"""Running entries against a task: one process per entry, then metrics and the results table."""

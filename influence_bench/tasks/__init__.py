@@ -1,0 +1,26 @@
+"""The fixed task set. ``get_task(name)`` is the only way in; unknown names list the valid ones."""
+
+from __future__ import annotations
+
+from influence_bench.tasks.digits_mlp import DIGITS_MLP
+from influence_bench.tasks.spec import TaskData, TaskSpec, TrainingRecipe
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in (DIGITS_MLP,)}
+DEFAULT_TASK = DIGITS_MLP.name
+
+
+class UnknownTaskError(KeyError):
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def get_task(name: str) -> TaskSpec:
+    """The task called ``name`` (``digits-mlp`` or its versioned key ``digits-mlp.v1``)."""
+    for spec in TASKS.values():
+        if name in (spec.name, spec.key):
+            return spec
+    valid = ", ".join(sorted(TASKS))
+    raise UnknownTaskError(f"unknown task {name!r}; valid tasks: {valid} (see `influence-bench list`)")
+
+
+__all__ = ["TASKS", "DEFAULT_TASK", "TaskData", "TaskSpec", "TrainingRecipe", "UnknownTaskError", "get_task"]

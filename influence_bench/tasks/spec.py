@@ -1,0 +1,138 @@
+"""Declarative, versioned task specifications.
+
+A task is data + split + model + training recipe + measurement, declared once. A published task is
+never edited in place: a change of any field is a new ``version``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How every model of a task is trained (the reference model and every retraining)."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    drop_last: bool = True
+    optimizer: str = "sgd"
+    loss: str = "mean cross-entropy"
+    dtype: str = "float32"
+
+    def with_epochs(self, epochs: int | None) -> "TrainingRecipe":
+        return self if epochs is None else dataclasses.replace(self, epochs=epochs)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Tensors of one task: standardised inputs and integer labels."""
+
+    x_train: torch.Tensor  # [n_train, d]
+    y_train: torch.Tensor  # [n_train]
+    x_test: torch.Tensor  # [n_test, d]
+    y_test: torch.Tensor  # [n_test]
+
+    @property
+    def n_train(self) -> int:
+        return self.x_train.shape[0]
+
+    @property
+    def n_test(self) -> int:
+        return self.x_test.shape[0]
+
+    def to(self, device: str | torch.device) -> "TaskData":
+        return TaskData(*(t.to(device) for t in dataclasses.astuple(self)))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One benchmark task. ``fingerprint`` hashes every declared field (cache keys use it)."""
+
+    name: str
+    version: int
+    description: str
+    dataset: str
+    layer_sizes: tuple[int, ...]
+    activation: str
+    recipe: TrainingRecipe
+    load_arrays: Callable[[], tuple[np.ndarray, np.ndarray]] = field(repr=False, compare=False)
+    train_fraction: float = 0.9
+    split_seed: int = 0
+    reference_seed: int = 42
+    mask_seed: int = 2025
+    measurement: str = "per-test-point cross-entropy loss"
+
+    # -- data -------------------------------------------------------------------------------
+    def split_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Train / test indices: ``perm = RandomState(split_seed).choice(n, n, replace=False)``."""
+        rng = np.random.RandomState(self.split_seed)
+        perm = rng.choice(np.arange(n), n, replace=False)
+        n_train = round(self.train_fraction * n)
+        return perm[:n_train], perm[n_train:]
+
+    def load_data(self) -> TaskData:
+        """Load, split and standardise (scaler fitted on the training part only)."""
+        from sklearn.preprocessing import StandardScaler
+
+        x, y = self.load_arrays()
+        train, test = self.split_indices(len(x))
+        scaler = StandardScaler().fit(x[train])
+        dtype = getattr(torch, self.recipe.dtype)
+        as_x = lambda a: torch.as_tensor(scaler.transform(a), dtype=dtype)  # noqa: E731
+        as_y = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
+        return TaskData(as_x(x[train]), as_y(y[train]), as_x(x[test]), as_y(y[test]))
+
+    @cached_property
+    def data(self) -> TaskData:
+        return self.load_data()
+
+    # -- model ------------------------------------------------------------------------------
+    def make_model(self) -> nn.Sequential:
+        """Linear - act - Linear - ... - Linear with biases, in PyTorch's default initialisation."""
+        act = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}[self.activation]
+        layers: list[nn.Module] = []
+        sizes = self.layer_sizes
+        for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(d_in, d_out, dtype=getattr(torch, self.recipe.dtype)))
+            if i < len(sizes) - 2:
+                layers.append(act())
+        return nn.Sequential(*layers)
+
+    def init_model(self, seed: int) -> nn.Sequential:
+        """The model every training with ``seed`` starts from: ``torch.manual_seed(seed)`` first."""
+        torch.manual_seed(seed)
+        return self.make_model()
+
+    @property
+    def n_params(self) -> int:
+        s = self.layer_sizes
+        return sum((a + 1) * b for a, b in zip(s[:-1], s[1:]))
+
+    # -- identity ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+        d["recipe"] = dataclasses.asdict(self.recipe)
+        d["layer_sizes"] = list(self.layer_sizes)
+        return d
+
+    @property
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}.v{self.version}"

@@ -1,0 +1,168 @@
+"""Batched retraining: many copies of a task's MLP trained at once with stacked parameters.
+
+Model b has its own subset ``members[b]`` and seed ``seeds[b]``; it starts from exactly the
+parameters of ``spec.init_model(seeds[b])``, sees the batches of ``epoch_order`` with its own
+generator, and takes the same SGD steps as ``train_single`` -- only the matrix products are batched
+(``torch.baddbmm`` over the model axis). The loss is the SUM over models of each model's mean
+batch loss, so each model's gradient is exactly its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from influence_bench.tasks.spec import TaskData, TaskSpec, TrainingRecipe
+from influence_bench.training.batch_order import epoch_order, n_steps_per_epoch
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "tanh": torch.tanh,
+}
+
+
+@dataclass
+class StackedMLP:
+    """B MLPs: ``weights[l]: [B, out, in]``, ``biases[l]: [B, out]``."""
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    activation: str
+
+    @classmethod
+    def from_models(cls, models: list[nn.Sequential], activation: str) -> "StackedMLP":
+        linears = [[m for m in model if isinstance(m, nn.Linear)] for model in models]
+        n_layers = len(linears[0])
+        weights = [torch.stack([ls[i].weight.detach() for ls in linears]) for i in range(n_layers)]
+        biases = [torch.stack([ls[i].bias.detach() for ls in linears]) for i in range(n_layers)]
+        return cls(weights, biases, activation)
+
+    @property
+    def n_models(self) -> int:
+        return self.weights[0].shape[0]
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for pair in zip(self.weights, self.biases) for p in pair]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, n, d] (own inputs per model) or [n, d] (shared) -> logits [B, n, C]."""
+        act = _ACTIVATIONS[self.activation]
+        h = x
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if h.dim() == 2:
+                h = torch.matmul(h, w.transpose(1, 2)) + b.unsqueeze(1)
+            else:
+                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i < last:
+                h = act(h)
+        return h
+
+    def per_example_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of every model on every example of a shared set: [B, n]."""
+        with torch.no_grad():
+            logits = self.forward(x)
+            n_models, n, n_classes = logits.shape
+            losses = F.cross_entropy(logits.reshape(-1, n_classes), y.repeat(n_models), reduction="none")
+        return losses.view(n_models, n)
+
+    def model(self, b: int, spec: TaskSpec) -> nn.Sequential:
+        """Model ``b`` as a plain ``nn.Sequential`` of the task's architecture."""
+        model = spec.make_model()
+        linears = [m for m in model if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for lin, w, bias in zip(linears, self.weights, self.biases):
+                lin.weight.copy_(w[b])
+                lin.bias.copy_(bias[b])
+        return model
+
+
+def initial_stack(spec: TaskSpec, seeds: list[int], device: str | torch.device) -> StackedMLP:
+    """Stack ``spec.init_model(seed)`` for every seed (each seed built once)."""
+    cache = {s: spec.init_model(s) for s in dict.fromkeys(seeds)}
+    stack = StackedMLP.from_models([cache[s] for s in seeds], spec.activation)
+    return StackedMLP(
+        [w.to(device).clone() for w in stack.weights],
+        [b.to(device).clone() for b in stack.biases],
+        spec.activation,
+    )
+
+
+def mean_loss_gradients(stack: StackedMLP, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """Gradient of each model's mean cross-entropy on its own batch, by hand (no autograd).
+
+    x: [B, bs, d], y: [B, bs]. Returns gradients in ``stack.parameters()`` order. Backpropagation
+    written out: dz_L = (softmax - onehot) / bs; dW_l = dz_l^T h_{l-1}; db_l = sum dz_l;
+    dz_{l-1} = act'(z_{l-1}) * (dz_l W_l).
+    """
+    if stack.activation != "gelu":
+        raise NotImplementedError("the hand-written backward pass supports GELU only")
+    hs, zs = [x], []
+    last = len(stack.weights) - 1
+    for i, (w, b) in enumerate(zip(stack.weights, stack.biases)):
+        z = torch.baddbmm(b.unsqueeze(1), hs[-1], w.transpose(1, 2))
+        zs.append(z)
+        if i < last:
+            hs.append(F.gelu(z))
+    dz = torch.softmax(zs[-1], dim=-1)
+    n_models, bs, n_classes = dz.shape
+    dz.view(-1, n_classes)[torch.arange(n_models * bs, device=x.device), y.reshape(-1)] -= 1.0
+    dz /= bs
+    grads: list[torch.Tensor] = []
+    for i in range(last, -1, -1):
+        grads.append(dz.sum(1))  # bias
+        grads.append(torch.bmm(dz.transpose(1, 2), hs[i]))  # weight [B, out, in]
+        if i > 0:
+            dz = torch.ops.aten.gelu_backward(torch.bmm(dz, stack.weights[i]), zs[i - 1])
+    return grads[::-1]
+
+
+def train_batched(
+    spec: TaskSpec,
+    data: TaskData,
+    members: torch.Tensor,
+    seeds: list[int],
+    recipe: TrainingRecipe | None = None,
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[float], None] | None = None,
+) -> StackedMLP:
+    """Train ``len(seeds)`` models; members: [B, n_train] bool with the same count in every row.
+
+    SGD with momentum as ``torch.optim.SGD`` does it (buffer = momentum * buffer + grad, starting
+    from the first gradient; p -= lr * buffer). ``on_epoch(models)`` is called after every epoch
+    with the share of the batch done, in models, for progress bars.
+    """
+    recipe = recipe or spec.recipe
+    members = torch.as_tensor(members, dtype=torch.bool).cpu()
+    if members.dim() != 2 or members.shape[0] != len(seeds):
+        raise ValueError(f"members must be [n_models, n_train] with one row per seed, got {tuple(members.shape)}")
+    counts = members.sum(1)
+    if not bool((counts == counts[0]).all()):
+        raise ValueError("every model of one batch must train on the same number of points; group by subset size")
+    n_models, bs = len(seeds), recipe.batch_size
+    steps = n_steps_per_epoch(int(counts[0]), bs, recipe.drop_last)
+
+    stack = initial_stack(spec, seeds, device)
+    params = stack.parameters()
+    buffers = [torch.zeros_like(p) for p in params]
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    for _ in range(recipe.epochs):
+        orders = torch.stack([epoch_order(g, m) for g, m in zip(generators, members)]).to(device)
+        for k in range(steps):
+            idx = orders[:, k * bs : (k + 1) * bs]  # [B, bs]
+            grads = mean_loss_gradients(stack, x_train[idx], y_train[idx])
+            if recipe.weight_decay:
+                torch._foreach_add_(grads, params, alpha=recipe.weight_decay)
+            torch._foreach_mul_(buffers, recipe.momentum)
+            torch._foreach_add_(buffers, grads)
+            torch._foreach_add_(params, buffers, alpha=-recipe.lr)
+        if on_epoch is not None:
+            on_epoch(n_models / recipe.epochs)
+    return stack

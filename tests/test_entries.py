@@ -1,0 +1,177 @@
+"""Every entry against a dense reference on a tiny problem."""
+
+import numpy as np
+import pytest
+import torch
+
+from influence_bench.curvature import curvlinops_adapter
+from influence_bench.curvature.eigen import EigenCurvature
+from influence_bench.entries import ENTRIES, NotFittedError, UnknownEntryError, get_entry
+from influence_bench.metrics.curvature import curvature_fidelity, matrix_metrics
+from influence_bench.problem import InfluenceProblem
+
+CURVATURE_ENTRIES = [name for name, cls in ENTRIES.items() if cls.curvature_kind != "none"]
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_problem):
+    return {name: cls().fit(tiny_problem) for name, cls in ENTRIES.items()}
+
+
+def test_registry_has_the_paper_chain():
+    for name in ("hessian", "ggn", "block-ggn", "block-hessian", "ekfac", "kfac", "kfac-mc", "ekfac-mc",
+                 "kfac-eigvals-in-block-basis", "diag-ggn", "identity"):
+        assert name in ENTRIES
+    with pytest.raises(UnknownEntryError, match="valid entries: .*kfac"):
+        get_entry("kfca")
+
+
+@pytest.mark.parametrize("name", CURVATURE_ENTRIES)
+def test_inverse_matches_dense_solve_of_its_own_curvature(fitted, tiny_problem, name):
+    entry = fitted[name]
+    dense = entry.curvature_.dense()
+    assert torch.allclose(dense, dense.T, atol=1e-10)
+    v = torch.randn(4, tiny_problem.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    damping = 1e-2  # large enough that every eigenvalue + damping is above eps for a PSD curvature
+    if name in ("hessian", "block-hessian"):
+        # indefinite: compare with the eps-truncated solve, written out from a fresh eigendecomposition
+        lam, q = torch.linalg.eigh(dense + damping * torch.eye(dense.shape[0], dtype=torch.float64))
+        inv = torch.where(lam > entry.eps, 1 / lam.clamp_min(1e-300), torch.zeros_like(lam))
+        expected = (v @ q) * inv @ q.T
+    else:
+        expected = torch.linalg.solve(dense + damping * torch.eye(dense.shape[0], dtype=torch.float64), v.T).T
+    assert torch.allclose(entry.inverse_hvp(v, damping), expected, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(ENTRIES))
+def test_scores_shape_dtype_and_formula(fitted, tiny_problem, name):
+    entry = fitted[name]
+    scores = entry.scores(tiny_problem)
+    assert scores.shape == (tiny_problem.n_test, tiny_problem.n_train) and scores.dtype == torch.float64
+    assert torch.isfinite(scores).all()
+    g_test, g_train = tiny_problem.test_grads, tiny_problem.train_grads
+    if entry.curvature_ is None:
+        expected = -g_test @ g_train.T
+    else:
+        expected = -g_test @ entry.inverse_hvp(g_train).T
+    assert torch.allclose(scores, expected, rtol=1e-8, atol=1e-8 * expected.abs().max())
+
+
+def test_exact_entries_reproduce_the_shared_matrices(fitted, tiny_problem):
+    assert torch.allclose(fitted["ggn"].curvature_.dense(), tiny_problem.ggn, atol=1e-12)
+    assert torch.allclose(fitted["hessian"].curvature_.dense(), tiny_problem.hessian, atol=1e-12)
+    block = fitted["block-ggn"].curvature_.dense()
+    for s in tiny_problem.layer_slices:
+        assert torch.allclose(block[s, s], tiny_problem.ggn[s, s], atol=1e-12)
+    s0, s1 = tiny_problem.layer_slices[:2]
+    assert block[s0, s1].abs().max() == 0 and tiny_problem.ggn[s0, s1].abs().max() > 0
+    assert torch.equal(torch.diagonal(fitted["diag-ggn"].curvature_.dense()), torch.diagonal(tiny_problem.ggn))
+
+
+def test_kfac_type2_on_one_data_point_is_the_exact_layer_block(tiny_problem, tiny_data):
+    from influence_bench.tasks.spec import TaskData
+
+    one = InfluenceProblem(tiny_problem.model, TaskData(tiny_data.x_train[:1], tiny_data.y_train[:1],
+                                                        tiny_data.x_test, tiny_data.y_test))
+    kfac = get_entry("kfac")().fit(one).curvature_.dense()
+    for s in one.layer_slices:
+        assert torch.allclose(kfac[s, s], one.ggn[s, s], atol=1e-12)
+    # and on many points it is not (K-FAC is an approximation)
+    many = get_entry("kfac")().fit(tiny_problem).curvature_.dense()
+    s = tiny_problem.layer_slices[0]
+    assert torch.linalg.norm(many[s, s] - tiny_problem.ggn[s, s]) > 1e-3 * torch.linalg.norm(tiny_problem.ggn[s, s])
+
+
+def test_kronecker_factors_are_mean_loss_covariances(tiny_problem):
+    (a, g), *_ = curvlinops_adapter.kronecker_factors(tiny_problem.model, tiny_problem.x_train, tiny_problem.y_train)
+    x = torch.cat([tiny_problem.x_train, torch.ones(tiny_problem.n_train, 1, dtype=torch.float64)], dim=1)
+    assert torch.allclose(a, x.T @ x / tiny_problem.n_train, atol=1e-12)
+
+
+def test_ekfac_type2_keeps_the_trace_and_has_no_eigenvalue_mismatch(fitted, tiny_problem):
+    ekfac = fitted["ekfac"].curvature_
+    assert np.isclose(ekfac.trace(), float(torch.trace(tiny_problem.ggn)), rtol=1e-10)
+    metrics = matrix_metrics(ekfac, tiny_problem.ggn)
+    assert metrics["eigval_mismatch"] < 1e-10
+    kfac = matrix_metrics(fitted["kfac"].curvature_, tiny_problem.ggn)
+    assert kfac["eigval_mismatch"] > 1e-3  # K-FAC's eigenvalues are not the block's
+    # same basis: identical basis mismatch
+    assert np.isclose(kfac["basis_mismatch"], metrics["basis_mismatch"], rtol=1e-8)
+
+
+def test_hybrid_has_block_basis_and_kfac_eigenvalues(fitted, tiny_problem):
+    hybrid = fitted["kfac-eigvals-in-block-basis"].curvature_
+    block = fitted["block-ggn"].curvature_
+    kfac = fitted["kfac"].curvature_
+    for h, b in zip(hybrid.eigvecs, block.eigvecs):
+        assert torch.equal(h, b)
+    for h, k in zip(hybrid.eigvals, kfac.eigvals):
+        assert torch.equal(h, torch.sort(k).values)
+    # block basis: zero basis mismatch inside the blocks, only the off-block part of G remains
+    off_block = matrix_metrics(block, tiny_problem.ggn)["basis_mismatch"]
+    assert np.isclose(matrix_metrics(hybrid, tiny_problem.ggn)["basis_mismatch"], off_block, rtol=1e-8)
+
+
+def test_ggn_against_itself_is_perfect(fitted, tiny_problem):
+    ggn = fitted["ggn"]
+    scores = ggn.scores(tiny_problem)
+    m = curvature_fidelity(ggn.curvature_, scores, tiny_problem, scores, damping=1e-4)
+    assert m["rel_fro"] < 1e-10 and m["spectrum_err"] < 1e-12 and m["fidelity"] == pytest.approx(1.0)
+    assert m["eigval_mismatch"] < 1e-10 and m["basis_mismatch"] < 1e-8
+    assert m["topk_overlap_10"] == pytest.approx(1.0) and m["ihvp_err"] == 0.0
+
+
+def test_fidelity_metrics_against_dense_formulas(fitted, tiny_problem):
+    entry = fitted["kfac"]
+    c, g = entry.curvature_.dense(), tiny_problem.ggn
+    reference = fitted["ggn"].scores(tiny_problem)
+    m = curvature_fidelity(entry.curvature_, entry.scores(tiny_problem), tiny_problem, reference, damping=1e-3)
+    assert m["rel_fro"] == pytest.approx(float(torch.linalg.norm(c - g) / torch.linalg.norm(g)), rel=1e-8)
+    eig_c, eig_g = torch.linalg.eigvalsh(c), torch.linalg.eigvalsh(g)
+    assert m["spectrum_err"] == pytest.approx(float(torch.linalg.norm(eig_c - eig_g) / torch.linalg.norm(eig_g)), rel=1e-6)
+    q = torch.block_diag(*entry.curvature_.eigvecs)
+    qgq = q.T @ g @ q
+    d = torch.diagonal(qgq)
+    lam = entry.curvature_.all_eigvals()
+    assert m["eigval_mismatch"] == pytest.approx(float(torch.linalg.norm(lam - d) / torch.linalg.norm(d)), rel=1e-8)
+    assert m["basis_mismatch"] == pytest.approx(
+        float(torch.linalg.norm(qgq - torch.diag(d)) / torch.linalg.norm(g)), rel=1e-6)
+    s = tiny_problem.layer_slices[1]
+    assert m["spectrum_err/layer1"] == pytest.approx(float(
+        torch.linalg.norm(torch.linalg.eigvalsh(c[s, s]) - torch.linalg.eigvalsh(g[s, s]))
+        / torch.linalg.norm(torch.linalg.eigvalsh(g[s, s]))), rel=1e-6)
+    v_c = torch.linalg.eigh(c).eigenvectors[:, -10:]
+    u_g = torch.linalg.eigh(g).eigenvectors[:, -10:]
+    assert m["topk_overlap_10"] == pytest.approx(float((v_c.T @ u_g).square().sum() / 10), rel=1e-6)
+    eye = torch.eye(g.shape[0], dtype=torch.float64)
+    xc = torch.linalg.solve(c + 1e-3 * eye, tiny_problem.test_grads.T).T
+    xg = torch.linalg.solve(g + 1e-3 * eye, tiny_problem.test_grads.T).T
+    ratio = torch.linalg.norm(xc - xg, dim=1) / torch.linalg.norm(xg, dim=1)
+    assert m["ihvp_err"] == pytest.approx(float(torch.median(ratio)), rel=1e-5)
+
+
+def test_entry_without_curvature_reports_not_applicable(fitted, tiny_problem):
+    entry = fitted["identity"]
+    reference = fitted["ggn"].scores(tiny_problem)
+    m = curvature_fidelity(None, entry.scores(tiny_problem), tiny_problem, reference, damping=1e-4)
+    for name in ("rel_fro", "spectrum_err", "eigval_mismatch", "basis_mismatch", "topk_overlap_10", "ihvp_err"):
+        assert np.isnan(m[name])
+    assert -1 <= m["fidelity"] <= 1
+    with pytest.raises(TypeError, match="no curvature"):
+        entry.inverse_hvp(torch.zeros(1, tiny_problem.n_params, dtype=torch.float64))
+
+
+def test_unfitted_entry_says_so(tiny_problem):
+    with pytest.raises(NotFittedError, match="call fit"):
+        get_entry("kfac")().scores(tiny_problem)
+
+
+def test_init_only_stores_parameters():
+    entry = get_entry("ekfac")(damping=1e-3, eps=1e-7)
+    assert entry.get_params() == {"damping": 1e-3, "eps": 1e-7} and not hasattr(entry, "curvature_")
+
+
+def test_diagonal_form_round_trips():
+    values = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    curv = EigenCurvature.diagonal(values)
+    assert torch.equal(curv.dense(), torch.diag(values))

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import torch
+
+from influence_bench.groundtruth import reference_model
+from influence_bench.tasks import TASKS, UnknownTaskError, get_task
+
+
+def test_digits_split_matches_protocol(digits, digits_data):
+    assert (digits_data.n_train, digits_data.n_test) == (1617, 180)
+    # PROTOCOL.md section 1, written out independently
+    perm = np.random.RandomState(0).choice(np.arange(1797), 1797, replace=False)
+    train, test = digits.split_indices(1797)
+    assert np.array_equal(train, perm[:1617]) and np.array_equal(test, perm[1617:])
+    # standardised with statistics of the training part only
+    assert np.allclose(digits_data.x_train.mean(0).numpy(), 0, atol=1e-5)
+    assert not np.allclose(digits_data.x_test.mean(0).numpy(), 0, atol=1e-3)
+
+
+def test_digits_model_has_6570_parameters(digits):
+    model = digits.make_model()
+    assert sum(p.numel() for p in model.parameters()) == 6570 == digits.n_params
+    assert [type(m).__name__ for m in model] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
+
+
+def test_reference_model_reaches_sensible_accuracy(digits, digits_data, cache_dir):
+    model = reference_model(digits, cache_dir)
+    with torch.no_grad():
+        accuracy = (model(digits_data.x_test).argmax(1) == digits_data.y_test).float().mean().item()
+    assert accuracy >= 0.95  # measured: 0.983 (177 of 180)
+    # the second call loads the checkpoint instead of training again
+    again = reference_model(digits, cache_dir)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(UnknownTaskError) as err:
+        get_task("mnist-resnet")
+    assert "digits-mlp" in str(err.value)
+
+
+def test_versioned_key_and_fingerprint(digits):
+    assert get_task("digits-mlp.v1") is digits
+    assert len({t.fingerprint for t in TASKS.values()}) == len(TASKS)
+    import dataclasses
+
+    assert dataclasses.replace(digits, version=2).fingerprint != digits.fingerprint
