@@ -108,6 +108,71 @@ def groundtruth(
     console.print(table)
 
 
+@app.command()
+def run(
+    task: str = TaskOption,
+    preset: str = PresetOption,
+    entries: Optional[str] = typer.Option(None, "--entries", help="Comma-separated entry names (default: all)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Results directory (default: results/TASK-PRESET)."),
+    cache_dir: Optional[Path] = CacheOption,
+    device: str = DeviceOption,
+    plugins: Optional[str] = typer.Option(None, "--plugins", help="Comma-separated modules that register extra entries or tasks."),
+    damping: float = typer.Option(1e-4, "--damping", help="Damping of the fixed track (the paper's 1e-4)."),
+    entry_timeout: float = typer.Option(3600, "--entry-timeout", help="Seconds before an entry is stopped and marked failed."),
+):
+    """Run entries against a task's ground truth (built first if missing) and write a results directory."""
+    from influence_bench.runner.plugins import PluginError, load_plugins
+    from influence_bench.runner.run import RunConfig, run as run_benchmark, summarize_for_console
+
+    plugin_list = [p.strip() for p in plugins.split(",") if p.strip()] if plugins else []
+    try:
+        load_plugins(plugin_list)
+        get_task(task), get_preset(preset)
+    except (UnknownTaskError, UnknownPresetError, PluginError) as exc:
+        fail(str(exc))
+    device = check_device(device)
+    names = [e.strip() for e in entries.split(",") if e.strip()] if entries else None
+    config = RunConfig(task=task, preset=preset, entries=names, out_dir=out, cache_dir=cache_dir, device=device,
+                       plugins=plugin_list, damping=damping, entry_timeout_s=entry_timeout)
+    start = time.perf_counter()
+    out_dir, outcomes = run_benchmark(config)
+    import pandas as pd
+
+    table = pd.read_parquet(out_dir / "results.parquet")
+    summary = summarize_for_console(table)
+    if not summary.empty:
+        rich_table = Table(title=f"LDS ({time.perf_counter() - start:.0f} s); tuned track on the held-out half",
+                           title_justify="left")
+        rich_table.add_column("entry")
+        for track, alpha in summary.columns:
+            rich_table.add_column(f"{track} {alpha:.1f}")
+        for entry, row in summary.iterrows():
+            rich_table.add_row(entry, *(f"{v:.3f}" for v in row.values))
+        console.print(rich_table)
+    console.print(f"results written to [bold]{out_dir}[/]")
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        for o in failed:
+            err_console.print(f"[bold red]entry {o.name} failed:[/] {o.message}", highlight=False)
+        fail(f"{len(failed)} of {len(outcomes)} entries failed: {', '.join(o.name for o in failed)}", code=1)
+
+
+@app.command()
+def report(
+    results_dir: Path = typer.Argument(..., help="A results directory written by `influence-bench run`."),
+    out: Path = typer.Option(Path("reports"), "--out", help="Where leaderboard.md, leaderboard.html and figures go."),
+):
+    """Write the leaderboard (Markdown and a self-contained HTML page with figures) from a results directory."""
+    from influence_bench.report import ReportError, write_report
+
+    try:
+        written = write_report(results_dir, out)
+    except ReportError as exc:
+        fail(str(exc))
+    for kind, path in written.items():
+        console.print(f"{kind}: [bold]{path}[/]")
+
+
 def main() -> None:
     app()
 

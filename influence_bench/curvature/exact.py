@@ -6,14 +6,12 @@ All results are float64.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.linalg.blas import dsyrk
 from torch import nn
-from torch.func import functional_call, grad, jacrev, jvp, vmap
+from torch.func import functional_call, grad, jacrev, vjp, vmap
 
 Params = dict[str, torch.Tensor]
 
@@ -109,19 +107,18 @@ def exact_ggn(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tens
 
 
 def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> torch.Tensor:
-    """Hessian of the MEAN cross-entropy, one Hessian-vector product (forward over reverse) per
-    column, vectorised over ``chunk`` columns at a time: [P, P]."""
+    """Hessian of the MEAN cross-entropy: [P, P].
+
+    Reverse over reverse: the graph of the gradient is built once (``vjp``) and pulled back along
+    ``chunk`` unit vectors at a time (vmap), each pull-back giving one row of the Hessian.
+    """
     params = named_params(model)
     flat = flatten(params)
 
     def mean_loss(v: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(model, unflatten(v, params), (x,)), y)
 
-    gradient: Callable[[torch.Tensor], torch.Tensor] = grad(mean_loss)
-
-    def hvp(direction: torch.Tensor) -> torch.Tensor:
-        return jvp(gradient, (flat,), (direction,))[1]
-
+    _, pullback = vjp(grad(mean_loss), flat)
     eye = torch.eye(flat.numel(), dtype=flat.dtype)
-    hess = torch.cat([vmap(hvp)(eye[part]) for part in _chunks(flat.numel(), chunk)])
+    hess = torch.cat([vmap(pullback)(eye[part])[0] for part in _chunks(flat.numel(), chunk)])
     return (hess + hess.T) / 2  # symmetric up to rounding

@@ -14,6 +14,14 @@ class UnknownTaskError(KeyError):
         return self.args[0]
 
 
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add a task (from a plugin module); a name can be registered once."""
+    if spec.name in TASKS and TASKS[spec.name] is not spec:
+        raise ValueError(f"a task named {spec.name!r} is already registered")
+    TASKS[spec.name] = spec
+    return spec
+
+
 def get_task(name: str) -> TaskSpec:
     """The task called ``name`` (``digits-mlp`` or its versioned key ``digits-mlp.v1``)."""
     for spec in TASKS.values():
@@ -23,4 +31,4 @@ def get_task(name: str) -> TaskSpec:
     raise UnknownTaskError(f"unknown task {name!r}; valid tasks: {valid} (see `influence-bench list`)")
 
 
-__all__ = ["TASKS", "DEFAULT_TASK", "TaskData", "TaskSpec", "TrainingRecipe", "UnknownTaskError", "get_task"]
+__all__ = ["TASKS", "DEFAULT_TASK", "TaskData", "TaskSpec", "TrainingRecipe", "UnknownTaskError", "get_task", "register_task"]
