@@ -37,24 +37,8 @@ def random_members(n_models, n_train, size, seed=0):
 
 
 @pytest.fixture(scope="session")
-def tiny_spec(digits):
+def tiny_problem():
     """digits with a 64-6-5-10 MLP (485 parameters): small enough for dense references."""
-    return dataclasses.replace(digits, name="digits-tiny", layer_sizes=(64, 6, 5, 10))
+    from influence_bench.entries.checks import tiny_problem
 
-
-@pytest.fixture(scope="session")
-def tiny_data(digits_data):
-    from influence_bench.tasks.spec import TaskData
-
-    d = digits_data
-    return TaskData(d.x_train[:96], d.y_train[:96], d.x_test[:12], d.y_test[:12])
-
-
-@pytest.fixture(scope="session")
-def tiny_problem(tiny_spec, tiny_data):
-    from influence_bench.problem import InfluenceProblem
-    from influence_bench.training import train_single
-
-    member = torch.ones(tiny_data.n_train, dtype=torch.bool)
-    model = train_single(tiny_spec, tiny_data, member, seed=0, recipe=short_recipe(tiny_spec, 30))
-    return InfluenceProblem(model, tiny_data, name="tiny")
+    return tiny_problem()

@@ -7,11 +7,9 @@ import torch
 from influence_bench.curvature import curvlinops_adapter
 from influence_bench.curvature.eigen import EigenCurvature
 from influence_bench.entries import ENTRIES, NotFittedError, UnknownEntryError, get_entry
+from influence_bench.entries.checks import check_entry, entry_checks
 from influence_bench.metrics.curvature import curvature_fidelity, matrix_metrics
 from influence_bench.problem import InfluenceProblem
-
-CURVATURE_ENTRIES = [name for name, cls in ENTRIES.items() if cls.curvature_kind != "none"]
-
 
 @pytest.fixture(scope="module")
 def fitted(tiny_problem):
@@ -26,35 +24,21 @@ def test_registry_has_the_paper_chain():
         get_entry("kfca")
 
 
-@pytest.mark.parametrize("name", CURVATURE_ENTRIES)
-def test_inverse_matches_dense_solve_of_its_own_curvature(fitted, tiny_problem, name):
-    entry = fitted[name]
-    dense = entry.curvature_.dense()
-    assert torch.allclose(dense, dense.T, atol=1e-10)
-    v = torch.randn(4, tiny_problem.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    damping = 1e-2  # large enough that every eigenvalue + damping is above eps for a PSD curvature
-    if name in ("hessian", "block-hessian"):
-        # indefinite: compare with the eps-truncated solve, written out from a fresh eigendecomposition
-        lam, q = torch.linalg.eigh(dense + damping * torch.eye(dense.shape[0], dtype=torch.float64))
-        inv = torch.where(lam > entry.eps, 1 / lam.clamp_min(1e-300), torch.zeros_like(lam))
-        expected = (v @ q) * inv @ q.T
-    else:
-        expected = torch.linalg.solve(dense + damping * torch.eye(dense.shape[0], dtype=torch.float64), v.T).T
-    assert torch.allclose(entry.inverse_hvp(v, damping), expected, rtol=1e-7, atol=1e-9)
+@pytest.mark.parametrize(("entry_cls", "check"), [
+    pytest.param(cls, check, id=check_id) for cls in ENTRIES.values() for check_id, check in entry_checks(cls)
+])
+def test_conformance_kit(entry_cls, check, tiny_problem):
+    """Every registered entry passes every check of the public kit (``pytest -k kfac-`` picks one)."""
+    check(entry_cls, tiny_problem)
 
 
-@pytest.mark.parametrize("name", list(ENTRIES))
-def test_scores_shape_dtype_and_formula(fitted, tiny_problem, name):
-    entry = fitted[name]
-    scores = entry.scores(tiny_problem)
-    assert scores.shape == (tiny_problem.n_test, tiny_problem.n_train) and scores.dtype == torch.float64
-    assert torch.isfinite(scores).all()
-    g_test, g_train = tiny_problem.test_grads, tiny_problem.train_grads
-    if entry.curvature_ is None:
-        expected = -g_test @ g_train.T
-    else:
-        expected = -g_test @ entry.inverse_hvp(g_train).T
-    assert torch.allclose(scores, expected, rtol=1e-8, atol=1e-8 * expected.abs().max())
+def test_kit_catches_a_wrong_entry(tiny_problem):
+    class SignFlipped(get_entry("ggn")):
+        def scores(self, problem, damping=None):
+            return -super().scores(problem, damping)
+
+    with pytest.raises(AssertionError, match="scores_use_the_inverse"):
+        check_entry(SignFlipped, tiny_problem)
 
 
 def test_exact_entries_reproduce_the_shared_matrices(fitted, tiny_problem):
@@ -68,11 +52,11 @@ def test_exact_entries_reproduce_the_shared_matrices(fitted, tiny_problem):
     assert torch.equal(torch.diagonal(fitted["diag-ggn"].curvature_.dense()), torch.diagonal(tiny_problem.ggn))
 
 
-def test_kfac_type2_on_one_data_point_is_the_exact_layer_block(tiny_problem, tiny_data):
+def test_kfac_type2_on_one_data_point_is_the_exact_layer_block(tiny_problem):
     from influence_bench.tasks.spec import TaskData
 
-    one = InfluenceProblem(tiny_problem.model, TaskData(tiny_data.x_train[:1], tiny_data.y_train[:1],
-                                                        tiny_data.x_test, tiny_data.y_test))
+    p = tiny_problem
+    one = InfluenceProblem(p.model, TaskData(p.x_train[:1], p.y_train[:1], p.x_test, p.y_test))
     kfac = get_entry("kfac")().fit(one).curvature_.dense()
     for s in one.layer_slices:
         assert torch.allclose(kfac[s, s], one.ggn[s, s], atol=1e-12)
@@ -164,11 +148,6 @@ def test_entry_without_curvature_reports_not_applicable(fitted, tiny_problem):
 def test_unfitted_entry_says_so(tiny_problem):
     with pytest.raises(NotFittedError, match="call fit"):
         get_entry("kfac")().scores(tiny_problem)
-
-
-def test_init_only_stores_parameters():
-    entry = get_entry("ekfac")(damping=1e-3, eps=1e-7)
-    assert entry.get_params() == {"damping": 1e-3, "eps": 1e-7} and not hasattr(entry, "curvature_")
 
 
 def test_diagonal_form_round_trips():

@@ -185,6 +185,9 @@ def run(config: RunConfig) -> tuple[Path, list[EntryOutcome]]:
             continue
         outcomes.append(run_entry_process(workdir, name, problem.n_test, problem.n_train, config.entry_timeout_s))
 
+    ggn = next((o for o in outcomes if o.ok and o.name == "ggn" and o.curvature is not None), None)
+    if ggn is not None:  # the ggn entry's eigendecomposition is the fidelity reference: not computed twice
+        problem.__dict__["ggn_eigen"] = ggn.curvature
     table, decomposition, split, spectra = evaluate(outcomes, problem, gt, config)
     table = pd.concat([table, pd.DataFrame([_row("(shared gradients)", "cost", "gradient_s", gradient_s, False)])],
                       ignore_index=True)

@@ -1,0 +1,127 @@
+"""The conformance kit for entries, in the spirit of scikit-learn's ``check_estimator``.
+
+A researcher who writes an entry runs ``check_entry(MyEntry)`` (or parametrises a pytest with
+``entry_checks``) before submitting it: every check is a plain function on a tiny problem with a
+dense reference, and raises AssertionError with a message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+from typing import Callable, Iterator
+
+import torch
+
+from influence_bench.entries.base import Entry, NotFittedError
+from influence_bench.problem import InfluenceProblem
+
+Check = Callable[[type[Entry], InfluenceProblem], None]
+
+
+@lru_cache(maxsize=1)
+def tiny_problem() -> InfluenceProblem:
+    """digits with a 64-6-5-10 MLP (485 parameters), 96 training and 12 test points, trained 30 epochs."""
+    from influence_bench.tasks import get_task
+    from influence_bench.tasks.spec import TaskData
+    from influence_bench.training import train_single
+
+    digits = get_task("digits-mlp")
+    spec = dataclasses.replace(digits, name="digits-tiny-check", layer_sizes=(64, 6, 5, 10))
+    d = digits.data
+    data = TaskData(d.x_train[:96], d.y_train[:96], d.x_test[:12], d.y_test[:12])
+    recipe = dataclasses.replace(spec.recipe, epochs=30)
+    model = train_single(spec, data, torch.ones(data.n_train, dtype=torch.bool), seed=0, recipe=recipe)
+    return InfluenceProblem(model, data, name="tiny-check")
+
+
+def check_init_stores_parameters(cls: type[Entry], problem: InfluenceProblem) -> None:
+    entry = cls(damping=3e-3, eps=2e-7)
+    assert entry.get_params() == {"damping": 3e-3, "eps": 2e-7}, "__init__ must store damping and eps as given"
+    assert not hasattr(entry, "curvature_"), "__init__ must not fit anything (no curvature_ before fit)"
+    try:
+        entry.scores(problem)
+    except NotFittedError:
+        pass
+    else:
+        raise AssertionError("scores() before fit() must raise NotFittedError")
+
+
+def check_fit_returns_self(cls: type[Entry], problem: InfluenceProblem) -> None:
+    entry = cls()
+    assert entry.fit(problem) is entry, "fit(problem) must return self"
+    assert hasattr(entry, "curvature_"), "fit must set curvature_ (an EigenCurvature, or None)"
+
+
+def check_scores_shape_dtype_finite(cls: type[Entry], problem: InfluenceProblem) -> None:
+    scores = cls().fit(problem).scores(problem)
+    assert tuple(scores.shape) == (problem.n_test, problem.n_train), (
+        f"scores must be [n_test, n_train] = {(problem.n_test, problem.n_train)}, got {tuple(scores.shape)}")
+    assert scores.dtype == torch.float64, f"scores must be float64, got {scores.dtype}"
+    assert torch.isfinite(scores).all(), "scores contain NaN or inf"
+
+
+def check_scores_use_the_inverse(cls: type[Entry], problem: InfluenceProblem) -> None:
+    """s = - g_test (C + damping I)^-1 g_train^T, at two dampings."""
+    entry = cls().fit(problem)
+    if entry.curvature_ is None:
+        return
+    for damping in (entry.damping, 1e-1):
+        expected = -problem.test_grads @ entry.inverse_hvp(problem.train_grads, damping).T
+        got = entry.scores(problem, damping=damping)
+        assert torch.allclose(got, expected, rtol=1e-7, atol=1e-9 * float(expected.abs().max())), (
+            f"scores at damping {damping} differ from -g_test (C + damping I)^-1 g_train")
+
+
+def check_inverse_matches_dense_solve(cls: type[Entry], problem: InfluenceProblem) -> None:
+    """(C + damping I)^-1 v against a dense eigen-solve of the entry's own curvature, eps-truncated."""
+    entry = cls().fit(problem)
+    if entry.curvature_ is None:
+        return
+    dense = entry.curvature_.dense()
+    assert torch.allclose(dense, dense.T, atol=1e-10 * float(dense.abs().max())), "the curvature is not symmetric"
+    damping = 1e-2
+    lam, q = torch.linalg.eigh(dense + damping * torch.eye(dense.shape[0], dtype=dense.dtype))
+    inv = torch.where(lam > entry.eps, 1.0 / lam.clamp_min(1e-300), torch.zeros_like(lam))
+    v = torch.randn(3, dense.shape[0], dtype=dense.dtype, generator=torch.Generator().manual_seed(0))
+    expected = ((v @ q) * inv) @ q.T
+    got = entry.inverse_hvp(v, damping)
+    assert torch.allclose(got, expected, rtol=1e-7, atol=1e-9 * float(expected.abs().max())), (
+        "inverse_hvp does not match a dense solve of the entry's own curvature")
+
+
+def check_large_damping_gives_gradient_dot_product(cls: type[Entry], problem: InfluenceProblem) -> None:
+    """As damping grows, damping * s -> - g_test^T g_train (the curvature stops mattering)."""
+    entry = cls().fit(problem)
+    if entry.curvature_ is None:
+        return
+    damping = 1e6 * max(float(entry.curvature_.all_eigvals().abs().max()), 1.0)
+    dot = -problem.test_grads @ problem.train_grads.T
+    assert torch.allclose(damping * entry.scores(problem, damping=damping), dot, rtol=1e-4, atol=1e-8), (
+        "at a huge damping the scores should approach the gradient dot product / damping")
+
+
+CHECKS: tuple[Check, ...] = (
+    check_init_stores_parameters,
+    check_fit_returns_self,
+    check_scores_shape_dtype_finite,
+    check_scores_use_the_inverse,
+    check_inverse_matches_dense_solve,
+    check_large_damping_gives_gradient_dot_product,
+)
+
+
+def entry_checks(cls: type[Entry]) -> Iterator[tuple[str, Check]]:
+    """(id, check) pairs, for ``pytest.mark.parametrize``."""
+    for check in CHECKS:
+        yield f"{cls.name}-{check.__name__.removeprefix('check_')}", check
+
+
+def check_entry(cls: type[Entry], problem: InfluenceProblem | None = None) -> None:
+    """Run every check on ``cls``; the first failure raises AssertionError naming the check."""
+    problem = problem or tiny_problem()
+    for check_id, check in entry_checks(cls):
+        try:
+            check(cls, problem)
+        except AssertionError as exc:
+            raise AssertionError(f"{check_id}: {exc}") from exc
