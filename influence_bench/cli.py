@@ -143,9 +143,9 @@ def run(
     if not summary.empty:
         rich_table = Table(title=f"LDS ({time.perf_counter() - start:.0f} s); tuned track on the held-out half",
                            title_justify="left")
-        rich_table.add_column("entry")
+        rich_table.add_column("entry", no_wrap=True)
         for track, alpha in summary.columns:
-            rich_table.add_column(f"{track} {alpha:.1f}")
+            rich_table.add_column(f"{track} {alpha:.1f}", no_wrap=True)
         for entry, row in summary.iterrows():
             rich_table.add_row(entry, *(f"{v:.3f}" for v in row.values))
         console.print(rich_table)

@@ -72,6 +72,20 @@ class InfluenceProblem:
         return exact.exact_ggn(self.model, self.x_train)
 
     @cached_property
+    def ggn_layer_blocks(self) -> list[torch.Tensor]:
+        """The per-layer diagonal blocks of the GGN (sliced from it when it exists, else computed alone)."""
+        if "ggn" in self.__dict__:
+            return self.layer_blocks(self.ggn)
+        return exact.exact_ggn_blocks(self.model, self.x_train, self.layer_slices)
+
+    @cached_property
+    def ggn_diagonal(self) -> torch.Tensor:
+        """[P] diagonal of the GGN (from it when it exists, else computed alone)."""
+        if "ggn" in self.__dict__:
+            return torch.diagonal(self.ggn).clone()
+        return exact.exact_ggn_diagonal(self.model, self.x_train)
+
+    @cached_property
     def hessian(self) -> torch.Tensor:
         """[P, P] exact Hessian of the mean training loss."""
         return exact.exact_hessian(self.model, self.x_train, self.y_train)
@@ -83,7 +97,7 @@ class InfluenceProblem:
     @cached_property
     def ggn_layer_eigvals(self) -> list[torch.Tensor]:
         """Eigenvalues of each layer's diagonal block of the GGN."""
-        return [torch.linalg.eigvalsh(block) for block in self.layer_blocks(self.ggn)]
+        return [torch.linalg.eigvalsh(block) for block in self.ggn_layer_blocks]
 
     def layer_blocks(self, matrix: torch.Tensor) -> list[torch.Tensor]:
         return [matrix[s, s] for s in self.layer_slices]

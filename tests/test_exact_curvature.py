@@ -68,3 +68,13 @@ def test_eigen_curvature_inverse_matches_dense_solve():
     expected = torch.linalg.solve(spd + 0.5 * torch.eye(7, dtype=torch.float64), v.T).T
     assert torch.allclose(curv.inverse_matvec(v, 0.5), expected, atol=1e-12)
     assert torch.allclose(curv.dense(), spd, atol=1e-12)
+
+
+def test_ggn_blocks_and_diagonal_computed_alone_match_the_full_ggn(tiny_problem):
+    from influence_bench.curvature.exact import exact_ggn_blocks, exact_ggn_diagonal
+
+    p = tiny_problem
+    blocks = exact_ggn_blocks(p.model, p.x_train, p.layer_slices, chunk=17)
+    for block, s in zip(blocks, p.layer_slices):
+        assert torch.allclose(block, p.ggn[s, s], atol=1e-14)
+    assert torch.allclose(exact_ggn_diagonal(p.model, p.x_train, chunk=17), torch.diagonal(p.ggn), atol=1e-14)

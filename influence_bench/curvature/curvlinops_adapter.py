@@ -36,6 +36,7 @@ class KroneckerLayer:
 
     eigvecs: torch.Tensor
     eigvals: torch.Tensor
+    kron: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (Q_G, Q_A, perm): eigvecs = kron(Q_G, Q_A)[perm]
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -95,7 +96,7 @@ def kfac_layers(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str 
         lam_a, q_a = torch.linalg.eigh(a)
         lam_g, q_g = torch.linalg.eigh(g)
         perm = joint_to_param_order(linear.out_features, linear.in_features)
-        layers.append(KroneckerLayer(torch.kron(q_g, q_a)[perm], torch.kron(lam_g, lam_a)))
+        layers.append(KroneckerLayer(torch.kron(q_g, q_a)[perm], torch.kron(lam_g, lam_a), (q_g, q_a, perm)))
     return layers
 
 
@@ -110,7 +111,8 @@ def ekfac_layers(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str
         q_a = state["input_covariances_eigenvectors"][name]
         q_g = state["gradient_covariances_eigenvectors"][name]
         perm = joint_to_param_order(linear.out_features, linear.in_features)
-        out.append(KroneckerLayer(torch.kron(q_g, q_a)[perm], state["corrected_eigenvalues"][name].flatten()))
+        out.append(KroneckerLayer(torch.kron(q_g, q_a)[perm], state["corrected_eigenvalues"][name].flatten(),
+                                  (q_g, q_a, perm)))
     return out
 
 
@@ -125,4 +127,5 @@ def ggn_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> GGNLinea
 
 def layers_to_curvature(layers: list[KroneckerLayer], slices: list[slice]) -> EigenCurvature:
     """Per-layer Kronecker eigen forms as one block-diagonal ``EigenCurvature``."""
-    return EigenCurvature(list(slices), [layer.eigvals for layer in layers], [layer.eigvecs for layer in layers])
+    return EigenCurvature(list(slices), [layer.eigvals for layer in layers], [layer.eigvecs for layer in layers],
+                          [layer.kron for layer in layers])

@@ -30,6 +30,9 @@ class EigenCurvature:
     slices: list[slice]
     eigvals: list[torch.Tensor]
     eigvecs: list[torch.Tensor | None]
+    # optional, per block: (Q_G, Q_A, perm) when eigvecs[b] = kron(Q_G, Q_A)[perm] (K-FAC, EK-FAC);
+    # lets metrics work factor by factor instead of with the dense basis
+    kron: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] | None = None
 
     @classmethod
     def from_dense_blocks(cls, blocks: list[torch.Tensor], slices: list[slice]) -> "EigenCurvature":

@@ -83,27 +83,47 @@ def softmax_hessian_sqrt(logits: torch.Tensor) -> torch.Tensor:
     return torch.diag_embed(s) - p.unsqueeze(2) * s.unsqueeze(1)
 
 
+def _ggn_sqrt_rows(model: nn.Module, x: torch.Tensor, chunk: int):
+    """Chunks of B = [S_n^T J_n]_n ([chunk * C, P]): the GGN of the summed loss is B^T B."""
+    if next(model.parameters()).dtype != torch.float64:
+        raise TypeError("the exact GGN is computed in float64: pass model.double() and float64 inputs")
+    n_params = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        all_logits = model(x)
+    for part in _chunks(x.shape[0], chunk):
+        jac = per_example_jacobians(model, x[part])  # [c, C, P]
+        sqrt_h = softmax_hessian_sqrt(all_logits[part])  # [c, C, C]
+        yield torch.einsum("nck,ncp->nkp", sqrt_h, jac).reshape(-1, n_params)
+
+
+def _syrk_sum(blocks) -> torch.Tensor:
+    """sum_k b_k^T b_k by BLAS dsyrk on the upper triangle (half the work of a full product)."""
+    upper = None
+    for b in blocks:
+        if upper is None:
+            upper = np.zeros((b.shape[1], b.shape[1]), order="F")
+        upper = dsyrk(1.0, b.numpy().T, beta=1.0, c=upper, trans=0, lower=0, overwrite_c=1)
+    return torch.from_numpy(np.triu(upper) + np.triu(upper, 1).T)
+
+
 def exact_ggn(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """GGN of the MEAN cross-entropy: (1/n) sum_n J_n^T H_n J_n, from stacked per-example Jacobians.
 
-    With H_n = S_n S_n^T each chunk contributes B^T B for B = [S_n^T J_n]_n stacked ([chunk*C, P]):
-    one large matrix product instead of one matrix-vector product per column.
+    With H_n = S_n S_n^T each chunk contributes B^T B for B = [S_n^T J_n]_n stacked: one symmetric
+    rank-k update per chunk instead of one matrix-vector product per column.
     """
-    n = x.shape[0]
-    n_params = sum(p.numel() for p in model.parameters())
-    if next(model.parameters()).dtype != torch.float64:
-        raise TypeError("exact_ggn works in float64: pass model.double() and float64 inputs")
-    upper = np.zeros((n_params, n_params), order="F")  # only the upper triangle is accumulated
-    with torch.no_grad():
-        all_logits = model(x)
-    for part in _chunks(n, chunk):
-        jac = per_example_jacobians(model, x[part])  # [c, C, P]
-        sqrt_h = softmax_hessian_sqrt(all_logits[part])  # [c, C, C]
-        b = torch.einsum("nck,ncp->nkp", sqrt_h, jac).reshape(-1, n_params)
-        # symmetric rank-k update: upper += b^T b (BLAS dsyrk, half the work of a full product)
-        upper = dsyrk(1.0, b.numpy().T, beta=1.0, c=upper, trans=0, lower=0, overwrite_c=1)
-    ggn = torch.from_numpy(np.triu(upper) + np.triu(upper, 1).T)
-    return ggn.div_(n)
+    return _syrk_sum(_ggn_sqrt_rows(model, x, chunk)).div_(x.shape[0])
+
+
+def exact_ggn_blocks(model: nn.Module, x: torch.Tensor, slices: list[slice], chunk: int = 256) -> list[torch.Tensor]:
+    """The diagonal blocks G[s, s] of the exact GGN, without the rest of the matrix."""
+    rows = list(_ggn_sqrt_rows(model, x, chunk))
+    return [_syrk_sum(b[:, s].contiguous() for b in rows).div_(x.shape[0]) for s in slices]
+
+
+def exact_ggn_diagonal(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """diag(G) = (1/n) sum of the squared columns of B: [P]."""
+    return sum(b.square().sum(0) for b in _ggn_sqrt_rows(model, x, chunk)) / x.shape[0]
 
 
 def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> torch.Tensor:

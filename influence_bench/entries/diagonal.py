@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from influence_bench.curvature.eigen import EigenCurvature
 from influence_bench.entries.base import Entry, register
 
@@ -15,5 +13,5 @@ class DiagGGN(Entry):
     curvature_kind = "diagonal"
 
     def fit(self, problem):
-        self.curvature_ = EigenCurvature.diagonal(torch.diagonal(problem.ggn).clone())
+        self.curvature_ = EigenCurvature.diagonal(problem.ggn_diagonal)
         return self

@@ -24,5 +24,5 @@ class BlockGGN(Entry):
     curvature_kind = "layer-blocks"
 
     def fit(self, problem):
-        self.curvature_ = EigenCurvature.from_dense_blocks(problem.layer_blocks(problem.ggn), problem.layer_slices)
+        self.curvature_ = EigenCurvature.from_dense_blocks(problem.ggn_layer_blocks, problem.layer_slices)
         return self

@@ -18,7 +18,7 @@ class KFACEigvalsInBlockBasis(Entry):
     curvature_kind = "layer-blocks"
 
     def fit(self, problem):
-        block = EigenCurvature.from_dense_blocks(problem.layer_blocks(problem.ggn), problem.layer_slices)
+        block = EigenCurvature.from_dense_blocks(problem.ggn_layer_blocks, problem.layer_slices)
         kfac = curvlinops_adapter.kfac_layers(problem.model, problem.x_train, problem.y_train, "type-2")
         # eigh returns ascending eigenvalues, so the i-th smallest K-FAC eigenvalue goes to the
         # eigenvector of the i-th smallest block-GGN eigenvalue

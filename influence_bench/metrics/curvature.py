@@ -49,12 +49,28 @@ CURVATURE_METRICS: dict[str, MetricInfo] = {
 }
 
 
+def kronecker_basis_product(g_block: torch.Tensor, q_g: torch.Tensor, q_a: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Q^T G_bb Q for Q = kron(Q_G, Q_A)[perm], one factor at a time (O(d^2 (out + in)) not O(d^3))."""
+    d_out, d_in = q_g.shape[0], q_a.shape[0]
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel())
+    joint = g_block[inverse][:, inverse].reshape(d_out, d_in, d_out, d_in)  # rows/cols in (out, in) order
+    m = torch.einsum("oiOI,op,iq,OP,IQ->pqPQ", joint, q_g, q_a, q_g, q_a)
+    return m.reshape(d_out * d_in, d_out * d_in)
+
+
 def _basis_products(curv: EigenCurvature, ggn: torch.Tensor) -> list[torch.Tensor]:
     """M_b = Q_b^T G_bb Q_b for every block (G_bb itself where Q_b = I)."""
     out = []
-    for s, q in zip(curv.slices, curv.eigvecs):
+    kron = curv.kron or [None] * len(curv.slices)
+    for s, q, factors in zip(curv.slices, curv.eigvecs, kron):
         g = ggn[s, s]
-        out.append(g if q is None else q.T @ g @ q)
+        if q is None:
+            out.append(g)
+        elif factors is not None:
+            out.append(kronecker_basis_product(g, *factors))
+        else:
+            out.append(q.T @ g @ q)
     return out
 
 

@@ -109,7 +109,8 @@ def run_entry_process(workdir: Path, name: str, n_test: int, n_train: int, timeo
     curvature = None
     if result["has_curvature"]:
         saved = torch.load(out / "curvature.pt", weights_only=True)
-        curvature = EigenCurvature([slice(a, b) for a, b in saved["slices"]], saved["eigvals"], saved["eigvecs"])
+        curvature = EigenCurvature([slice(a, b) for a, b in saved["slices"]], saved["eigvals"], saved["eigvecs"],
+                                   saved.get("kron"))
     return EntryOutcome(name, True, "", result["dampings"], scores, curvature,
                         result["fit_s"], result["score_s"], result["peak_rss_mb"])
 

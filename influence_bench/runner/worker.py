@@ -64,7 +64,7 @@ def run_entry(workdir: Path, entry_name: str) -> int:
         curv = entry.curvature_
         if curv is not None:
             torch.save({"slices": [(s.start, s.stop) for s in curv.slices], "eigvals": curv.eigvals,
-                        "eigvecs": curv.eigvecs}, out / "curvature.pt")
+                        "eigvecs": curv.eigvecs, "kron": curv.kron}, out / "curvature.pt")
         _write(out / "result.json", {
             "entry": entry_name, "dampings": [job["damping"]] + grid, "fit_s": fit_s, "score_s": score_s,
             "peak_rss_mb": peak_rss_mb(), "has_curvature": curv is not None,
