@@ -318,3 +318,10 @@ def test_pairs_of_borda_points_sum_to_comparisons():
     values = pd.DataFrame(np.random.default_rng(1).normal(size=(6, 3)), columns=["x", "y", "z"])
     points = tables.borda_points(values, {"x": True, "y": False, "z": True})
     assert points.sum() == 3 * len(list(itertools.combinations(range(6), 2)))
+
+
+def test_the_results_table_travels_with_the_leaderboard(tmp_path):
+    results_dir = make_results_dir(tmp_path)
+    written = write_report(results_dir, tmp_path / "out")
+    assert written["results"] == tmp_path / "out" / "results.csv"
+    assert written["results"].read_bytes() == (results_dir / "results.csv").read_bytes()

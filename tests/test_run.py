@@ -124,3 +124,17 @@ def test_decomposition_written_for_both_tracks(tiny_run):
     lds = pd.read_parquet(out / "results.parquet")
     lds = lds[(lds.metric == "lds") & (lds.track == "fixed")].groupby("entry").value.mean()
     assert mean.shapley.sum() == pytest.approx(lds["block-ggn"] - lds["kfac"], abs=1e-12)
+
+
+def test_peak_memory_is_the_entry_process_own():
+    """A worker's peak is its own, not the high-water mark of the (larger) parent that started it."""
+    import subprocess
+    import sys
+
+    code = ("import resource; from influence_bench.runner.worker import peak_rss_mb; "
+            "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    ballast = np.ones(1_500_000_000 // 8)  # 1.5 GB resident in this (parent) process
+    own, inherited = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True).stdout.split())
+    del ballast
+    assert own < 1000 < inherited  # ru_maxrss would have reported the parent's 1.5 GB

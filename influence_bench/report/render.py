@@ -196,7 +196,7 @@ def write_atomically(path: Path, content: bytes) -> None:
 
 
 def write_report(results_dir: Path, out_dir: Path = Path("reports")) -> dict[str, Path]:
-    """Write leaderboard.md, leaderboard.html and figures/*.png for a results directory into out_dir."""
+    """Write leaderboard.md, leaderboard.html, figures/*.png and results.csv for a results directory into out_dir."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     results = load_results(results_dir)
     decomposition = load_csv(results_dir / "decomposition.csv", DECOMPOSITION_COLUMNS)
@@ -209,6 +209,10 @@ def write_report(results_dir: Path, out_dir: Path = Path("reports")) -> dict[str
     for name, png in pngs.items():
         written[name] = out_dir / "figures" / f"{name}.png"
         write_atomically(written[name], png)
+    # the small long table travels with the leaderboard (the scores and the checkpoint stay in results_dir)
+    written["results"] = out_dir / "results.csv"
+    write_atomically(written["results"], (results_dir / "results.csv").read_bytes()
+                     if (results_dir / "results.csv").exists() else results.to_csv(index=False).encode("utf-8"))
     written["markdown"] = out_dir / "leaderboard.md"
     written["html"] = out_dir / "leaderboard.html"
     write_atomically(written["markdown"], markdown.encode("utf-8"))

@@ -24,7 +24,18 @@ DAMPING_GRID_FACTORS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # x mean eigenvalue of th
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+    """Peak resident set of this process (MB).
+
+    Linux: VmHWM of /proc/self/status, which starts afresh at exec; ru_maxrss would carry over the
+    high-water mark of the parent that forked this process.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _write(path: Path, payload: dict) -> None:
