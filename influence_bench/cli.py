@@ -140,15 +140,18 @@ def run(
 
     table = pd.read_parquet(out_dir / "results.parquet")
     summary = summarize_for_console(table)
-    if not summary.empty:
-        rich_table = Table(title=f"LDS ({time.perf_counter() - start:.0f} s); tuned track on the held-out half",
-                           title_justify="left")
+    for track, note in (("fixed", "damping 1e-4, all test queries"),
+                        ("tuned", "damping tuned on half of the queries, LDS on the other half")):
+        if track not in summary.columns.get_level_values(0):
+            continue
+        rich_table = Table(title=f"LDS, {track} track ({note})", title_justify="left")
         rich_table.add_column("entry", no_wrap=True)
-        for track, alpha in summary.columns:
-            rich_table.add_column(f"{track} {alpha:.1f}", no_wrap=True)
-        for entry, row in summary.iterrows():
+        for alpha in summary[track].columns:
+            rich_table.add_column(f"alpha {alpha:.1f}", no_wrap=True, justify="right")
+        for entry, row in summary[track].iterrows():
             rich_table.add_row(entry, *(f"{v:.3f}" for v in row.values))
         console.print(rich_table)
+    console.print(f"{time.perf_counter() - start:.0f} s")
     console.print(f"results written to [bold]{out_dir}[/]")
     failed = [o for o in outcomes if not o.ok]
     if failed:

@@ -226,7 +226,7 @@ def test_cli_prints_the_report_error(tmp_path):
 
 # -- the documents ------------------------------------------------------------------------------
 def test_writes_markdown_html_and_every_figure(report):
-    assert {"markdown", "html", *FIGURES} == set(report)
+    assert {"markdown", "html", "results", *FIGURES} == set(report)
     for name in FIGURES:
         assert report[name] == report["html"].parent / "figures" / f"{name}.png"
         assert report[name].read_bytes().startswith(b"\x89PNG")

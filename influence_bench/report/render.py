@@ -108,7 +108,8 @@ def sections(results: pd.DataFrame, rank: pd.DataFrame, decomposition: pd.DataFr
         Section("leaderboard", "Ranking",
                 "Entries ordered by the linear datamodeling score (LDS: Spearman correlation between the predicted "
                 "and the actual effect of retraining on random subsets; higher is better, the noise ceiling is the "
-                f"best reachable) at α = {alpha} on the tuned-damping track. ↑: higher is better, ↓: lower is "
+                f"best reachable) at α = {alpha} on the tuned-damping track, measured on the held-out half of the "
+                "test queries (the fixed-damping column is on the same half). ↑: higher is better, ↓: lower is "
                 "better. Overall is the Borda rank over tuned LDS, fidelity, eigval_mismatch, total time and peak "
                 "memory: an entry scores one point per entry it beats on each metric (n/a scores nothing).",
                 tables=[table_view(tables.ranking_table(rank, results), html_id="ranking")]),

@@ -124,7 +124,9 @@ def ranking(results: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(index=pd.Index(order, name="entry"))
     table["rank"] = range(1, len(order) + 1)
     table["ci_low"], table["ci_high"], table["ceiling"] = tuned.ci_low, tuned.ci_high, tuned.ceiling
-    table["lds_fixed"] = metric_rows(results, "fixed", "lds", RANKING_ALPHA).value.reindex(order)
+    # the fixed track on the same held-out queries as the tuned one, where the run recorded it
+    fixed_metric = "lds_heldout" if (results.metric == "lds_heldout").any() else "lds"
+    table["lds_fixed"] = metric_rows(results, "fixed", fixed_metric, RANKING_ALPHA).value.reindex(order)
     for column, (track, metric, alpha) in BORDA_METRICS.items():
         table[column] = metric_rows(results, track, metric, alpha).value.reindex(order).astype(float)
     directions = {c: direction(results, track, metric) for c, (track, metric, _) in BORDA_METRICS.items()}

@@ -74,6 +74,7 @@ class EntryOutcome:
     fit_s: float = math.nan
     score_s: float = math.nan
     peak_rss_mb: float = math.nan
+    tuned_index: int = 0  # which of ``dampings`` the tuned track chose (set by ``evaluate``)
 
 
 def dev_eval_split(n_test: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -125,12 +126,12 @@ def _row(entry: str, track: str, metric: str, value: float, higher: bool | None,
 
 
 def lds_rows(entry: str, track: str, scores: np.ndarray, gt: LDSGroundTruth, points: np.ndarray,
-             ceilings: dict[float, float], damping: float) -> list[dict]:
+             ceilings: dict[float, float], damping: float, metric: str = "lds") -> list[dict]:
     rows = []
     targets = gt.targets
     for a, alpha in enumerate(gt.alphas):
         s = lds(scores[points], gt.masks[a], targets[a][:, points])
-        rows.append(_row(entry, track, "lds", s.mean, True, alpha=float(alpha), ci_low=s.ci_low, ci_high=s.ci_high,
+        rows.append(_row(entry, track, metric, s.mean, True, alpha=float(alpha), ci_low=s.ci_low, ci_high=s.ci_high,
                          ceiling=ceilings[float(alpha)], n_undefined=s.n_undefined, n_points=s.n_points, damping=damping))
     return rows
 
@@ -202,10 +203,9 @@ def run(config: RunConfig) -> tuple[Path, list[EntryOutcome]]:
     for o in outcomes:
         if o.ok:
             np.save(out / "scores" / f"{o.name}.fixed.npy", o.scores[0])
-    tuned = table[(table.track == "tuned") & (table.metric == "lds")].groupby("entry").damping.first()
     for o in outcomes:
-        if o.ok and o.name in tuned.index:
-            np.save(out / "scores" / f"{o.name}.tuned.npy", o.scores[o.dampings.index(tuned[o.name])])
+        if o.ok:
+            np.save(out / "scores" / f"{o.name}.tuned.npy", o.scores[o.tuned_index])
 
     table.to_parquet(out / "results.parquet", index=False)
     table.to_csv(out / "results.csv", index=False)
@@ -236,16 +236,20 @@ def evaluate(outcomes: list[EntryOutcome], problem: InfluenceProblem, gt: LDSGro
         if not o.ok:
             rows.append(_row(o.name, "all", "status", math.nan, None, status="failed", message=o.message))
             continue
-        rows += lds_rows(o.name, "fixed", o.scores[0], gt, everyone, ceiling_all, o.dampings[0])
-        best = tune_damping(o, gt, dev) if len(o.dampings) > 1 else 0
-        rows += lds_rows(o.name, "tuned", o.scores[best], gt, held_out, ceiling_eval, o.dampings[best])
+        # an entry without a curvature has no damping to report
+        damping = (lambda k: o.dampings[k] if o.curvature is not None else math.nan)  # noqa: E731
+        rows += lds_rows(o.name, "fixed", o.scores[0], gt, everyone, ceiling_all, damping(0))
+        # the fixed track on the held-out half too, to compare with the tuned track on the same queries
+        rows += lds_rows(o.name, "fixed", o.scores[0], gt, held_out, ceiling_eval, damping(0), "lds_heldout")
+        o.tuned_index = tune_damping(o, gt, dev) if len(o.dampings) > 1 else 0
+        rows += lds_rows(o.name, "tuned", o.scores[o.tuned_index], gt, held_out, ceiling_eval, damping(o.tuned_index))
         fidelity = curvature_fidelity(o.curvature, torch.from_numpy(o.scores[0]), problem, reference_scores,
                                       config.damping, config.eps)
         for metric, value in fidelity.items():
             info = CURVATURE_METRICS.get(metric.split("/")[0])
             applicable = math.isfinite(value)
             rows.append(_row(o.name, "fixed", metric, value, info.higher_is_better if info else False,
-                             damping=o.dampings[0], status="ok" if applicable else "not applicable"))
+                             damping=damping(0), status="ok" if applicable else "not applicable"))
         rows += [_row(o.name, "cost", "fit_s", o.fit_s, False), _row(o.name, "cost", "score_s", o.score_s, False),
                  _row(o.name, "cost", "total_s", o.fit_s + o.score_s, False),
                  _row(o.name, "cost", "peak_rss_mb", o.peak_rss_mb, False)]

@@ -68,11 +68,12 @@ def run_entry(workdir: Path, entry_name: str) -> int:
         start = time.perf_counter()
         fixed = entry.scores(problem)
         score_s = time.perf_counter() - start
-        grid = [f * entry.mean_eigenvalue() for f in DAMPING_GRID_FACTORS] if job["tune"] else []
+        curv = entry.curvature_
+        # without a curvature the damping changes nothing: nothing to tune
+        grid = [f * entry.mean_eigenvalue() for f in DAMPING_GRID_FACTORS] if job["tune"] and curv is not None else []
         scores = [fixed] + [entry.scores(problem, damping=d) for d in grid]
         stacked = np.stack([np.asarray(s.detach().cpu(), dtype=np.float64) for s in scores])
         np.save(out / "scores.npy", stacked)
-        curv = entry.curvature_
         if curv is not None:
             torch.save({"slices": [(s.start, s.stop) for s in curv.slices], "eigvals": curv.eigvals,
                         "eigvecs": curv.eigvecs, "kron": curv.kron}, out / "curvature.pt")
