@@ -90,6 +90,12 @@ class InfluenceProblem:
         """[P, P] exact Hessian of the mean training loss."""
         return exact.exact_hessian(self.model, self.x_train, self.y_train)
 
+    def share_ggn_eigen(self, curvature: EigenCurvature) -> None:
+        """Use an eigendecomposition of this problem's GGN made elsewhere (the ``ggn`` entry's)."""
+        if curvature.dim != self.n_params:
+            raise ValueError(f"a curvature of dimension {curvature.dim} for a problem with {self.n_params} parameters")
+        self.__dict__["ggn_eigen"] = curvature
+
     @cached_property
     def ggn_eigen(self) -> EigenCurvature:
         return EigenCurvature.from_dense(self.ggn)

@@ -5,7 +5,6 @@ Imported by name (``--plugins bench_plugins``) in the test process and in every 
 
 import dataclasses
 
-import numpy as np
 import torch
 
 from influence_bench.entries import Entry, register
@@ -54,3 +53,21 @@ class WrongShape(NaNScores):
 
     def scores(self, problem, damping=None):
         return torch.zeros(problem.n_train, problem.n_test, dtype=torch.float64)
+
+
+@register
+class BadCurvature(Entry):
+    """Valid scores, but a curvature that covers only half of the parameters: its metrics fail."""
+
+    name = "test-bad-curvature"
+    description = "a curvature of the wrong dimension"
+    curvature_kind = "diagonal"
+
+    def fit(self, problem):
+        from influence_bench.curvature.eigen import EigenCurvature
+
+        self.curvature_ = EigenCurvature.diagonal(torch.ones(problem.n_params // 2, dtype=torch.float64))
+        return self
+
+    def scores(self, problem, damping=None):
+        return -problem.test_grads @ problem.train_grads.T

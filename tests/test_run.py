@@ -20,7 +20,7 @@ from influence_bench.runner.worker import DAMPING_GRID_FACTORS
 
 TESTS = Path(__file__).parent
 ENTRIES = ["ggn", "block-ggn", "ekfac", "kfac", "kfac-eigvals-in-block-basis", "identity",
-           "test-crashes", "test-nan-scores", "test-wrong-shape", "no-such-entry"]
+           "test-crashes", "test-nan-scores", "test-wrong-shape", "test-bad-curvature", "no-such-entry"]
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +44,16 @@ def tiny_run(tmp_path_factory):
 def test_failures_are_rows_and_the_others_finish(tiny_run):
     result, out, _ = tiny_run
     assert result.exit_code == 1
-    for name in ("test-crashes", "test-nan-scores", "test-wrong-shape", "no-such-entry"):
+    bad = {"test-crashes", "test-nan-scores", "test-wrong-shape", "test-bad-curvature", "no-such-entry"}
+    for name in bad:
         assert name in result.stderr
     assert "deliberate failure in fit" in result.stderr
     table = pd.read_parquet(out / "results.parquet")
     failed = table[table.status == "failed"].set_index("entry").message
-    assert set(failed.index) == {"test-crashes", "test-nan-scores", "test-wrong-shape", "no-such-entry"}
+    assert set(failed.index) == bad
     assert "NaN" in failed["test-nan-scores"] and "shape" in failed["test-wrong-shape"]
+    assert failed["test-bad-curvature"].startswith("metrics failed")
+    assert (out / "scores" / "test-bad-curvature.fixed.npy").exists()  # its valid scores are not lost
     assert "valid entries" in failed["no-such-entry"]
     ok = set(table[(table.metric == "lds") & (table.status == "ok")].entry)
     assert ok == {"ggn", "block-ggn", "ekfac", "kfac", "kfac-eigvals-in-block-basis", "identity"}

@@ -89,7 +89,7 @@ class ArtifactStore:
         if not sha.exists():
             self.discard(name, "has no recorded SHA-256 (interrupted write?)")
             return None
-        recorded = sha.read_text().split()[0] if sha.read_text().strip() else ""
+        recorded = (sha.read_text().split() or [""])[0]
         if recorded != sha256_file(path):
             self.discard(name, "does not match its recorded SHA-256 (corrupt or truncated)")
             return None

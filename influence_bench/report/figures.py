@@ -174,7 +174,7 @@ def waterfall_bars(rungs: dict[str, float]) -> list[tuple[str, float, float, str
 
 
 def draw_waterfall(ax: Axes, bars: list[tuple[str, float, float, str]]) -> None:
-    for x, (label, bottom, top, kind) in enumerate(bars):
+    for x, (_label, bottom, top, kind) in enumerate(bars):
         color = "0.45" if kind == "total" else ("tab:red" if top < bottom else "tab:green")
         ax.bar(x, top - bottom, bottom=bottom, color=color, width=0.65, edgecolor="black", lw=0.5)
         text = f"{top:.3f}" if kind == "total" else f"{top - bottom:+.3f}"

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from influence_bench.groundtruth import build_lds_groundtruth, get_preset, refer
 from influence_bench.groundtruth.lds import LDSGroundTruth
 from influence_bench.metrics.curvature import CURVATURE_METRICS, curvature_fidelity, layer_eigvals
 from influence_bench.metrics.decomposition import basis_eigenvalue_split, chain_table
-from influence_bench.metrics.lds import lds, noise_ceiling, summarize
+from influence_bench.metrics.lds import lds, noise_ceiling
 from influence_bench.problem import InfluenceProblem
 from influence_bench.runner.plugins import load_plugins
 from influence_bench.runner.provenance import provenance
@@ -136,6 +137,11 @@ def lds_rows(entry: str, track: str, scores: np.ndarray, gt: LDSGroundTruth, poi
     return rows
 
 
+def reported_damping(outcome: EntryOutcome, k: int) -> float:
+    """The damping of score set k; NaN for an entry without a curvature (the damping changes nothing)."""
+    return outcome.dampings[k] if outcome.curvature is not None else math.nan
+
+
 def tune_damping(outcome: EntryOutcome, gt: LDSGroundTruth, dev: np.ndarray) -> int:
     """Index (into outcome.dampings) of the grid damping with the best LDS at alpha 0.5 on the dev half."""
     a = int(np.argmin(np.abs(gt.alphas - TUNING_ALPHA)))
@@ -189,7 +195,7 @@ def run(config: RunConfig) -> tuple[Path, list[EntryOutcome]]:
 
     ggn = next((o for o in outcomes if o.ok and o.name == "ggn" and o.curvature is not None), None)
     if ggn is not None:  # the ggn entry's eigendecomposition is the fidelity reference: not computed twice
-        problem.__dict__["ggn_eigen"] = ggn.curvature
+        problem.share_ggn_eigen(ggn.curvature)
     table, decomposition, split, spectra = evaluate(outcomes, problem, gt, config)
     table = pd.concat([table, pd.DataFrame([_row("(shared gradients)", "cost", "gradient_s", gradient_s, False)])],
                       ignore_index=True)
@@ -201,10 +207,8 @@ def run(config: RunConfig) -> tuple[Path, list[EntryOutcome]]:
     for key, value in meta.items():
         table[key] = value
     for o in outcomes:
-        if o.ok:
+        if o.scores is not None:  # valid scores are kept even when the entry's metrics failed
             np.save(out / "scores" / f"{o.name}.fixed.npy", o.scores[0])
-    for o in outcomes:
-        if o.ok:
             np.save(out / "scores" / f"{o.name}.tuned.npy", o.scores[o.tuned_index])
 
     table.to_parquet(out / "results.parquet", index=False)
@@ -233,32 +237,46 @@ def evaluate(outcomes: list[EntryOutcome], problem: InfluenceProblem, gt: LDSGro
     rows: list[dict] = []
     spectra = {f"ggn/layer{i}": np.sort(e.numpy()) for i, e in enumerate(problem.ggn_layer_eigvals)}
     for o in outcomes:
-        if not o.ok:
-            rows.append(_row(o.name, "all", "status", math.nan, None, status="failed", message=o.message))
-            continue
-        # an entry without a curvature has no damping to report
-        damping = (lambda k: o.dampings[k] if o.curvature is not None else math.nan)  # noqa: E731
-        rows += lds_rows(o.name, "fixed", o.scores[0], gt, everyone, ceiling_all, damping(0))
-        # the fixed track on the held-out half too, to compare with the tuned track on the same queries
-        rows += lds_rows(o.name, "fixed", o.scores[0], gt, held_out, ceiling_eval, damping(0), "lds_heldout")
-        o.tuned_index = tune_damping(o, gt, dev) if len(o.dampings) > 1 else 0
-        rows += lds_rows(o.name, "tuned", o.scores[o.tuned_index], gt, held_out, ceiling_eval, damping(o.tuned_index))
-        fidelity = curvature_fidelity(o.curvature, torch.from_numpy(o.scores[0]), problem, reference_scores,
-                                      config.damping, config.eps)
-        for metric, value in fidelity.items():
-            info = CURVATURE_METRICS.get(metric.split("/")[0])
-            applicable = math.isfinite(value)
-            rows.append(_row(o.name, "fixed", metric, value, info.higher_is_better if info else False,
-                             damping=damping(0), status="ok" if applicable else "not applicable"))
-        rows += [_row(o.name, "cost", "fit_s", o.fit_s, False), _row(o.name, "cost", "score_s", o.score_s, False),
-                 _row(o.name, "cost", "total_s", o.fit_s + o.score_s, False),
-                 _row(o.name, "cost", "peak_rss_mb", o.peak_rss_mb, False)]
-        if o.curvature is not None:
-            for i, layer in enumerate(problem.layer_slices):
-                spectra[f"{o.name}/layer{i}"] = np.sort(layer_eigvals(o.curvature, layer).numpy())
+        if o.ok:
+            try:
+                entry_rows, entry_spectra = evaluate_entry(o, problem, gt, config, reference_scores,
+                                                           (dev, held_out, everyone), (ceiling_all, ceiling_eval))
+                rows += entry_rows
+                spectra.update(entry_spectra)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one entry's bad output must not lose the others'
+                o.ok, o.message = False, f"metrics failed: {type(exc).__name__}: {exc}"
+        rows.append(_row(o.name, "all", "status", math.nan, None, status="failed", message=o.message))
     table = pd.DataFrame(rows)
     decomposition, split = decomposition_tables(table)
     return table, decomposition, split, spectra
+
+
+def evaluate_entry(o: EntryOutcome, problem: InfluenceProblem, gt: LDSGroundTruth, config: RunConfig,
+                   reference_scores: torch.Tensor, queries: tuple, ceilings: tuple) -> tuple[list[dict], dict]:
+    """The rows (LDS on both tracks, fidelity, cost) and the per-layer spectra of one entry."""
+    dev, held_out, everyone = queries
+    ceiling_all, ceiling_eval = ceilings
+    damping = partial(reported_damping, o)
+    rows = lds_rows(o.name, "fixed", o.scores[0], gt, everyone, ceiling_all, damping(0))
+    # the fixed track on the held-out half too, to compare with the tuned track on the same queries
+    rows += lds_rows(o.name, "fixed", o.scores[0], gt, held_out, ceiling_eval, damping(0), "lds_heldout")
+    o.tuned_index = tune_damping(o, gt, dev) if len(o.dampings) > 1 else 0
+    rows += lds_rows(o.name, "tuned", o.scores[o.tuned_index], gt, held_out, ceiling_eval, damping(o.tuned_index))
+    fidelity = curvature_fidelity(o.curvature, torch.from_numpy(o.scores[0]), problem, reference_scores,
+                                  config.damping, config.eps)
+    for metric, value in fidelity.items():
+        info = CURVATURE_METRICS.get(metric.split("/")[0])
+        rows.append(_row(o.name, "fixed", metric, value, info.higher_is_better if info else False,
+                         damping=damping(0), status="ok" if math.isfinite(value) else "not applicable"))
+    rows += [_row(o.name, "cost", "fit_s", o.fit_s, False), _row(o.name, "cost", "score_s", o.score_s, False),
+             _row(o.name, "cost", "total_s", o.fit_s + o.score_s, False),
+             _row(o.name, "cost", "peak_rss_mb", o.peak_rss_mb, False)]
+    spectra = {}
+    if o.curvature is not None:
+        for i, layer in enumerate(problem.layer_slices):
+            spectra[f"{o.name}/layer{i}"] = np.sort(layer_eigvals(o.curvature, layer).numpy())
+    return rows, spectra
 
 
 def decomposition_tables(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -291,4 +309,4 @@ def summarize_for_console(table: pd.DataFrame) -> pd.DataFrame:
     return pivot
 
 
-__all__ = ["RunConfig", "EntryOutcome", "run", "dev_eval_split", "summarize", "default_out_dir"]
+__all__ = ["RunConfig", "EntryOutcome", "run", "dev_eval_split", "summarize_for_console", "default_out_dir"]
