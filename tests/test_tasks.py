@@ -45,3 +45,12 @@ def test_versioned_key_and_fingerprint(digits):
     import dataclasses
 
     assert dataclasses.replace(digits, version=2).fingerprint != digits.fingerprint
+
+
+def test_corrupt_reference_checkpoint_is_reported_and_retrained(digits, cache_dir, capsys):
+    first = reference_model(digits, cache_dir)
+    (checkpoint,) = cache_dir.glob("models/digits-mlp.v1/reference-*.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-10])  # truncated
+    again = reference_model(digits, cache_dir)
+    assert str(checkpoint) in capsys.readouterr().err
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
