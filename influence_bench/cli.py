@@ -140,7 +140,7 @@ def run(
 
     table = pd.read_parquet(out_dir / "results.parquet")
     summary = summarize_for_console(table)
-    for track, note in (("fixed", "damping 1e-4, all test queries"),
+    for track, note in (("fixed", f"damping {damping:g}, all test queries"),
                         ("tuned", "damping tuned on half of the queries, LDS on the other half")):
         if track not in summary.columns.get_level_values(0):
             continue

@@ -96,14 +96,16 @@ def _ggn_sqrt_rows(model: nn.Module, x: torch.Tensor, chunk: int):
         yield torch.einsum("nck,ncp->nkp", sqrt_h, jac).reshape(-1, n_params)
 
 
-def _syrk_sum(blocks) -> torch.Tensor:
-    """sum_k b_k^T b_k by BLAS dsyrk on the upper triangle (half the work of a full product)."""
-    upper = None
-    for b in blocks:
-        if upper is None:
-            upper = np.zeros((b.shape[1], b.shape[1]), order="F")
-        upper = dsyrk(1.0, b.numpy().T, beta=1.0, c=upper, trans=0, lower=0, overwrite_c=1)
-    return torch.from_numpy(np.triu(upper) + np.triu(upper, 1).T)
+def _syrk_sums(rows, slices: list[slice]) -> list[torch.Tensor]:
+    """sum over chunks b of b[:, s]^T b[:, s] for every slice s, in one pass over the chunks.
+
+    BLAS dsyrk on the upper triangle: half the work of a full product.
+    """
+    uppers = [np.zeros((s.stop - s.start, s.stop - s.start), order="F") for s in slices]
+    for b in rows:
+        for k, s in enumerate(slices):
+            uppers[k] = dsyrk(1.0, b[:, s].numpy().T, beta=1.0, c=uppers[k], trans=0, lower=0, overwrite_c=1)
+    return [torch.from_numpy(np.triu(u) + np.triu(u, 1).T) for u in uppers]
 
 
 def exact_ggn(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
@@ -112,13 +114,14 @@ def exact_ggn(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tens
     With H_n = S_n S_n^T each chunk contributes B^T B for B = [S_n^T J_n]_n stacked: one symmetric
     rank-k update per chunk instead of one matrix-vector product per column.
     """
-    return _syrk_sum(_ggn_sqrt_rows(model, x, chunk)).div_(x.shape[0])
+    n_params = sum(p.numel() for p in model.parameters())
+    (ggn,) = _syrk_sums(_ggn_sqrt_rows(model, x, chunk), [slice(0, n_params)])
+    return ggn.div_(x.shape[0])
 
 
 def exact_ggn_blocks(model: nn.Module, x: torch.Tensor, slices: list[slice], chunk: int = 256) -> list[torch.Tensor]:
     """The diagonal blocks G[s, s] of the exact GGN, without the rest of the matrix."""
-    rows = list(_ggn_sqrt_rows(model, x, chunk))
-    return [_syrk_sum(b[:, s].contiguous() for b in rows).div_(x.shape[0]) for s in slices]
+    return [block.div_(x.shape[0]) for block in _syrk_sums(_ggn_sqrt_rows(model, x, chunk), slices)]
 
 
 def exact_ggn_diagonal(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:

@@ -227,6 +227,7 @@ def run(config: RunConfig) -> tuple[Path, list[EntryOutcome]]:
 
 def evaluate(outcomes: list[EntryOutcome], problem: InfluenceProblem, gt: LDSGroundTruth, config: RunConfig):
     """All metrics of all entries: the long table, the decomposition tables and the spectra."""
+    _ = problem.ggn  # the full GGN, which every fidelity metric needs, first: its layer blocks are sliced from it
     dev, held_out = dev_eval_split(problem.n_test)
     everyone = np.arange(problem.n_test)
     ceiling_all = {float(a): noise_ceiling(gt.losses[i][:, :, everyone]).mean for i, a in enumerate(gt.alphas)}
