@@ -9,3 +9,11 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 PROTOCOL_VERSION = "1"
 """Version of ../shared/PROTOCOL.md that the measurements follow; part of every cache key."""
+
+
+def run(*args, **kwargs):
+    """Run entries against a task; see ``influence_bench.api.run`` (imported on first use, so that
+    ``import influence_bench`` and the command line stay fast)."""
+    from influence_bench.api import run as _run
+
+    return _run(*args, **kwargs)

@@ -51,7 +51,7 @@ def _items() -> dict[str, list[dict]]:
         {"name": t.name, "version": t.version, "key": t.key, "n_params": t.n_params, "description": t.description}
         for t in TASKS.values()
     ]
-    entries = [{"name": name, "description": cls.description, "curvature": cls.curvature_kind}
+    entries = [{"name": name, "description": cls.description, "capabilities": ",".join(sorted(cls.capabilities)) or "-"}
                for name, cls in ENTRIES.items()]
     presets = [{"name": p.name, "n_masks": p.n_masks, "n_seeds": p.n_seeds, "n_trainings": p.n_trainings,
                 "description": p.description} for p in PRESETS.values()]
@@ -118,46 +118,62 @@ def run(
     device: str = DeviceOption,
     plugins: Optional[str] = typer.Option(None, "--plugins", help="Comma-separated modules that register extra entries or tasks."),
     damping: float = typer.Option(1e-4, "--damping", help="Damping of the fixed track (the paper's 1e-4)."),
+    dense_limit: Optional[int] = typer.Option(None, "--dense-limit", help="Largest parameter count for dense [P, P] matrices (default: $INFLUENCE_BENCH_DENSE_LIMIT or 10,000); above it, operators and estimates."),
+    isolate: bool = typer.Option(True, "--isolate/--in-process", help="Each entry in a process of its own (default), or all in this one."),
     entry_timeout: float = typer.Option(3600, "--entry-timeout", help="Seconds before an entry is stopped and marked failed."),
 ):
     """Run entries against a task's ground truth (built first if missing) and write a results directory."""
+    from influence_bench.entries import UnknownEntryError
     from influence_bench.runner.plugins import PluginError, load_plugins
-    from influence_bench.runner.run import RunConfig, run as run_benchmark, summarize_for_console
 
     plugin_list = [p.strip() for p in plugins.split(",") if p.strip()] if plugins else []
+    names = [e.strip() for e in entries.split(",") if e.strip()] if entries else None
     try:
         load_plugins(plugin_list)
-        get_task(task), get_preset(preset)
-    except (UnknownTaskError, UnknownPresetError, PluginError) as exc:
+        spec, chosen = get_task(task), get_preset(preset)
+        from influence_bench.api import resolve_entries
+
+        resolve_entries(names, damping, 1e-6)
+    except (UnknownTaskError, UnknownPresetError, PluginError, UnknownEntryError, ValueError) as exc:
         fail(str(exc))
     device = check_device(device)
-    names = [e.strip() for e in entries.split(",") if e.strip()] if entries else None
-    config = RunConfig(task=task, preset=preset, entries=names, out_dir=out, cache_dir=cache_dir, device=device,
-                       plugins=plugin_list, damping=damping, entry_timeout_s=entry_timeout)
-    start = time.perf_counter()
-    out_dir, outcomes = run_benchmark(config)
-    import pandas as pd
+    from influence_bench.api import run as run_benchmark
 
-    table = pd.read_parquet(out_dir / "results.parquet")
-    summary = summarize_for_console(table)
-    for track, note in (("fixed", f"damping {damping:g}, all test queries"),
-                        ("tuned", "damping tuned on half of the queries, LDS on the other half")):
-        if track not in summary.columns.get_level_values(0):
+    out_dir = out or Path("results") / f"{spec.name}-{chosen.name}"
+    start = time.perf_counter()
+    results = run_benchmark(task, names, preset, out=out_dir, isolate=isolate, cache_dir=cache_dir, device=device,
+                            plugins=plugin_list, damping=damping, dense_limit=dense_limit,
+                            entry_timeout_s=entry_timeout)
+    print_lds_tables(results.table, damping)
+    console.print(f"{time.perf_counter() - start:.0f} s; peak memory of this process "
+                  f"{results.parent_peak_rss_mb:.0f} MB")
+    console.print(f"results written to [bold]{out_dir}[/]")
+    for name, reason in results.skipped.items():
+        err_console.print(f"[bold yellow]entry {name} skipped:[/] {reason}", highlight=False)
+    if results.failures:
+        for name, message in results.failures.items():
+            err_console.print(f"[bold red]entry {name} failed:[/] {message}", highlight=False)
+        fail(f"{len(results.failures)} of {len(results.entries)} entries failed: {', '.join(results.failures)}",
+             code=1)
+
+
+def print_lds_tables(table, damping: float) -> None:
+    """Entries x alpha LDS tables, one per track."""
+    lds = table[table.metric == "lds"]
+    notes = {"fixed": f"damping {damping:g}, all test queries",
+             "tuned": "damping tuned on half of the queries, LDS on the other half"}
+    for track, note in notes.items():
+        rows = lds[lds.track == track]
+        if rows.empty:
             continue
+        pivot = rows.pivot_table(index="entry", columns="alpha", values="value", sort=False)
         rich_table = Table(title=f"LDS, {track} track ({note})", title_justify="left")
         rich_table.add_column("entry", no_wrap=True)
-        for alpha in summary[track].columns:
+        for alpha in pivot.columns:
             rich_table.add_column(f"alpha {alpha:.1f}", no_wrap=True, justify="right")
-        for entry, row in summary[track].iterrows():
+        for entry, row in pivot.iterrows():
             rich_table.add_row(entry, *(f"{v:.3f}" for v in row.values))
         console.print(rich_table)
-    console.print(f"{time.perf_counter() - start:.0f} s")
-    console.print(f"results written to [bold]{out_dir}[/]")
-    failed = [o for o in outcomes if not o.ok]
-    if failed:
-        for o in failed:
-            err_console.print(f"[bold red]entry {o.name} failed:[/] {o.message}", highlight=False)
-        fail(f"{len(failed)} of {len(outcomes)} entries failed: {', '.join(o.name for o in failed)}", code=1)
 
 
 @app.command()

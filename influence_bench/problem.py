@@ -1,27 +1,47 @@
 """An influence problem: a trained model and its data, with the shared exact quantities.
 
 The harness builds one per task; every entry's ``fit`` receives it. Per-example gradients, the
-exact GGN and Hessian and their eigendecompositions are computed at most once, here, and shared.
+exact GGN- and Hessian-vector products (curvlinops operators) and, below the dense limit, the
+dense GGN and Hessian are computed at most once, here, and shared. Above the dense limit (a
+setting, in parameters) asking for a dense matrix raises ``DenseLimitError``: everything there is
+an operator.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from functools import cached_property
+from typing import Callable
 
 import torch
 from torch import nn
 
 from influence_bench.curvature import exact
-from influence_bench.curvature.eigen import EigenCurvature
 from influence_bench.tasks.spec import TaskData
+
+DENSE_LIMIT_ENV = "INFLUENCE_BENCH_DENSE_LIMIT"
+DEFAULT_DENSE_LIMIT = 10_000  # parameters: a dense float64 [P, P] matrix is 800 MB at this size
+
+
+def default_dense_limit() -> int:
+    return int(os.environ.get(DENSE_LIMIT_ENV, DEFAULT_DENSE_LIMIT))
+
+
+class DenseLimitError(RuntimeError):
+    """A dense [P, P] matrix was asked for above the problem's dense limit."""
 
 
 class InfluenceProblem:
-    """model: the trained model (any dtype; kept as a float64 copy). data: the task's tensors."""
+    """model: the trained model (any dtype; kept as a float64 copy). data: the task's tensors.
 
-    def __init__(self, model: nn.Module, data: TaskData, name: str = "problem"):
+    dense_limit: the largest parameter count for which dense [P, P] matrices are built
+    (default ``$INFLUENCE_BENCH_DENSE_LIMIT`` or 10,000).
+    """
+
+    def __init__(self, model: nn.Module, data: TaskData, name: str = "problem", dense_limit: int | None = None):
         self.name = name
+        self.dense_limit = default_dense_limit() if dense_limit is None else int(dense_limit)
         self.model = copy.deepcopy(model).double().eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -46,6 +66,44 @@ class InfluenceProblem:
     def layer_slices(self) -> list[slice]:
         return exact.layer_slices(self.model)
 
+    @property
+    def dense_allowed(self) -> bool:
+        return self.n_params <= self.dense_limit
+
+    def dense_skip_reason(self, what: str = "a dense curvature") -> str | None:
+        """Why a dense [P, P] matrix cannot be built here, or None when it can."""
+        if self.dense_allowed:
+            return None
+        return (f"needs {what} ([P, P]), but P = {self.n_params:,} parameters is above the dense limit "
+                f"{self.dense_limit:,} (raise it with --dense-limit or ${DENSE_LIMIT_ENV})")
+
+    def _require_dense(self, what: str) -> None:
+        reason = self.dense_skip_reason(what)
+        if reason:
+            raise DenseLimitError(reason)
+
+    # -- exact curvature-vector products (always available) --------------------------------------
+    @cached_property
+    def ggn_operator(self):
+        """curvlinops' GGN of the mean training loss (matrix-free)."""
+        from influence_bench.curvature import curvlinops_adapter
+
+        return curvlinops_adapter.ggn_operator(self.model, self.x_train, self.y_train)
+
+    @cached_property
+    def hessian_operator(self):
+        """curvlinops' Hessian of the mean training loss (matrix-free)."""
+        from influence_bench.curvature import curvlinops_adapter
+
+        return curvlinops_adapter.hessian_operator(self.model, self.x_train, self.y_train)
+
+    @property
+    def ggn_matvec(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """G v for each row of vectors [k, P] (exact, matrix-free)."""
+        from influence_bench.curvature import curvlinops_adapter
+
+        return curvlinops_adapter.rows_matvec(self.ggn_operator)
+
     # -- gradients (shared by every entry) -----------------------------------------------------
     @cached_property
     def train_grads(self) -> torch.Tensor:
@@ -68,7 +126,8 @@ class InfluenceProblem:
     # -- exact curvature -----------------------------------------------------------------------
     @cached_property
     def ggn(self) -> torch.Tensor:
-        """[P, P] exact GGN of the mean training loss."""
+        """[P, P] exact GGN of the mean training loss (below the dense limit only)."""
+        self._require_dense("the dense GGN")
         return exact.exact_ggn(self.model, self.x_train)
 
     @cached_property
@@ -87,23 +146,23 @@ class InfluenceProblem:
 
     @cached_property
     def hessian(self) -> torch.Tensor:
-        """[P, P] exact Hessian of the mean training loss."""
+        """[P, P] exact Hessian of the mean training loss (below the dense limit only)."""
+        self._require_dense("the dense Hessian")
         return exact.exact_hessian(self.model, self.x_train, self.y_train)
 
-    def share_ggn_eigen(self, curvature: EigenCurvature) -> None:
-        """Use an eigendecomposition of this problem's GGN made elsewhere (the ``ggn`` entry's)."""
-        if curvature.dim != self.n_params:
-            raise ValueError(f"a curvature of dimension {curvature.dim} for a problem with {self.n_params} parameters")
-        self.__dict__["ggn_eigen"] = curvature
+    # -- sharing the dense matrices between the processes of a run ---------------------------------
+    SHAREABLE = ("ggn", "hessian")
 
-    @cached_property
-    def ggn_eigen(self) -> EigenCurvature:
-        return EigenCurvature.from_dense(self.ggn)
+    def share(self, name: str, matrix: torch.Tensor) -> None:
+        """Use a dense matrix computed once for the whole run (``ggn`` or ``hessian``) instead of recomputing it."""
+        if name not in self.SHAREABLE:
+            raise ValueError(f"cannot share {name!r}; shareable: {', '.join(self.SHAREABLE)}")
+        if tuple(matrix.shape) != (self.n_params, self.n_params):
+            raise ValueError(f"a shared {name} of shape {tuple(matrix.shape)} for P = {self.n_params}")
+        self.__dict__[name] = matrix
 
-    @cached_property
-    def ggn_layer_eigvals(self) -> list[torch.Tensor]:
-        """Eigenvalues of each layer's diagonal block of the GGN."""
-        return [torch.linalg.eigvalsh(block) for block in self.ggn_layer_blocks]
+    def is_computed(self, name: str) -> bool:
+        return name in self.__dict__
 
     def layer_blocks(self, matrix: torch.Tensor) -> list[torch.Tensor]:
         return [matrix[s, s] for s in self.layer_slices]

@@ -7,7 +7,8 @@ import dataclasses
 
 import torch
 
-from influence_bench.entries import Entry, register
+from influence_bench.curvature.eigen import EigenCurvature
+from influence_bench.entries import EigenEntry, Entry, register
 from influence_bench.tasks import get_task, register_task
 
 
@@ -26,48 +27,43 @@ TINY = register_task(dataclasses.replace(
 class Crashes(Entry):
     name = "test-crashes"
     description = "raises in fit"
-    curvature_kind = "none"
 
     def fit(self, problem):
         raise RuntimeError("deliberate failure in fit")
 
 
 @register
-class NaNScores(Entry):
+class NaNInverse(Entry):
     name = "test-nan-scores"
-    description = "returns NaN scores"
-    curvature_kind = "none"
+    description = "an inverse that returns NaN"
 
     def fit(self, problem):
-        self.curvature_ = None
+        self.fitted_ = True
         return self
 
-    def scores(self, problem, damping=None):
-        return torch.full((problem.n_test, problem.n_train), float("nan"), dtype=torch.float64)
+    def inverse(self, vectors, damping=None):
+        return torch.full_like(vectors, float("nan"), dtype=torch.float64)
 
 
 @register
-class WrongShape(NaNScores):
+class WrongShape(NaNInverse):
     name = "test-wrong-shape"
-    description = "returns scores of the wrong shape"
+    description = "an inverse of the wrong shape"
 
-    def scores(self, problem, damping=None):
-        return torch.zeros(problem.n_train, problem.n_test, dtype=torch.float64)
+    def inverse(self, vectors, damping=None):
+        return torch.zeros(vectors.shape[0], vectors.shape[1] - 1, dtype=torch.float64)
 
 
 @register
-class BadCurvature(Entry):
-    """Valid scores, but a curvature that covers only half of the parameters: its metrics fail."""
+class BadCurvature(EigenEntry):
+    """Valid scores (the identity inverse), but an eigen form that covers half of the parameters: its metrics fail."""
 
     name = "test-bad-curvature"
     description = "a curvature of the wrong dimension"
-    curvature_kind = "diagonal"
 
     def fit(self, problem):
-        from influence_bench.curvature.eigen import EigenCurvature
-
-        self.curvature_ = EigenCurvature.diagonal(torch.ones(problem.n_params // 2, dtype=torch.float64))
+        self.eigen_ = EigenCurvature.diagonal(torch.ones(problem.n_params // 2, dtype=torch.float64))
         return self
 
-    def scores(self, problem, damping=None):
-        return -problem.test_grads @ problem.train_grads.T
+    def inverse(self, vectors, damping=None):
+        return vectors.to(torch.float64).clone()

@@ -1,58 +1,48 @@
 """The one place that calls curvlinops (pinned 3.0.1).
 
 Everything curvlinops returns is turned into this suite's conventions here: float64 tensors,
-parameters ordered as ``model.parameters()`` flattened row-major, one block per nn.Linear with
+vectors as rows ``[k, P]`` with parameters ordered as ``model.parameters()`` flattened row-major,
+and Kronecker factors kept as factors (``KroneckerEigenBlock``), one block per nn.Linear with
 weight and bias together (curvlinops' ``separate_weight_and_bias=False``: the layer input is
-augmented with a trailing 1, and a block acts on the row-major [W | b] of shape [out, in + 1]).
+augmented with a trailing 1, and a block acts on the joint ``[W | b]`` of shape [out, in + 1]).
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
-from influence_bench.curvature.eigen import EigenCurvature
+from influence_bench.curvature.eigen import EigenCurvature, KroneckerEigenBlock
 
 with warnings.catch_warnings():
     # curvlinops imports linear_operator, which warns about torch.jit.script at import time
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    from curvlinops import EKFACLinearOperator, GGNLinearOperator, KFACLinearOperator
+    from curvlinops import (
+        CGInverseLinearOperator,
+        EKFACLinearOperator,
+        GGNLinearOperator,
+        HessianLinearOperator,
+        KFACLinearOperator,
+        NeumannInverseLinearOperator,
+        hutchinson_squared_fro,
+        hutchinson_trace,
+    )
+    from curvlinops._torch_base import PyTorchLinearOperator
 
 FISHER_TYPES = {"type-2": "type-2", "mc": "mc"}  # exact GGN factors; one sampled label (curvlinops default)
 DATA_BATCH = 512
 
 
-@dataclass
-class KroneckerLayer:
-    """One layer's block in the Kronecker eigenbasis, in the suite's parameter order.
-
-    eigvecs: [d, d] with d = out * (in + 1), the columns of P (Q_G (x) Q_A) (G-index major);
-    eigvals: [d], lam_G (x) lam_A for K-FAC, the corrected diag(Q^T F Q) for EK-FAC.
-    """
-
-    eigvecs: torch.Tensor
-    eigvals: torch.Tensor
-    kron: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (Q_G, Q_A, perm): eigvecs = kron(Q_G, Q_A)[perm]
-
-
-def _batches(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x[i : i + DATA_BATCH], y[i : i + DATA_BATCH]) for i in range(0, x.shape[0], DATA_BATCH)]
+def _batches(x: torch.Tensor, y: torch.Tensor, size: int = DATA_BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, x.shape[0], size)]
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-
-
-def joint_to_param_order(d_out: int, d_in: int) -> torch.Tensor:
-    """Row permutation from the row-major [W | b] ([d_out, d_in + 1]) to [vec(W); b]."""
-    width = d_in + 1
-    weight = [o * width + i for o in range(d_out) for i in range(d_in)]
-    bias = [o * width + d_in for o in range(d_out)]
-    return torch.tensor(weight + bias)
 
 
 def _differentiable(model: nn.Module) -> nn.Module:
@@ -63,13 +53,113 @@ def _differentiable(model: nn.Module) -> nn.Module:
     return model
 
 
-def _common_kwargs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str) -> dict:
+def _loss() -> nn.Module:
+    return nn.CrossEntropyLoss(reduction="mean")
+
+
+# -- operators of the mean training loss --------------------------------------------------------
+def ggn_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = DATA_BATCH) -> GGNLinearOperator:
+    """curvlinops' matrix-free GGN of the mean cross-entropy."""
+    model = _differentiable(model)
+    return GGNLinearOperator(model, _loss(), list(model.parameters()), _batches(x, y, batch),
+                             check_deterministic=False, num_data=x.shape[0])
+
+
+def hessian_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> HessianLinearOperator:
+    """curvlinops' matrix-free Hessian of the mean cross-entropy."""
+    model = _differentiable(model)
+    return HessianLinearOperator(model, _loss(), list(model.parameters()), _batches(x, y),
+                                 check_deterministic=False, num_data=x.shape[0])
+
+
+class _RowsOperator(PyTorchLinearOperator):
+    """A symmetric [P, P] operator given by ``rows -> rows @ A`` on vectors as rows [k, P]."""
+
+    def __init__(self, matvec_rows: Callable[[torch.Tensor], torch.Tensor], dim: int, dtype: torch.dtype):
+        super().__init__([(dim,)], [(dim,)])
+        self._rows = matvec_rows
+        self._dtype = dtype
+
+    def _matmat(self, X: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self._rows(X[0].T).T]
+
+    def _adjoint(self) -> "_RowsOperator":
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+
+def as_operator(matvec_rows: Callable[[torch.Tensor], torch.Tensor], dim: int,
+                dtype: torch.dtype = torch.float64) -> PyTorchLinearOperator:
+    """Wrap the suite's row convention (``[k, P] -> [k, P]``) as a curvlinops operator."""
+    return _RowsOperator(matvec_rows, dim, dtype)
+
+
+def rows_matvec(operator: PyTorchLinearOperator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The suite's row convention for a curvlinops operator: ``[k, P] -> [k, P]``."""
+    return lambda rows: (operator @ rows.T.contiguous()).T
+
+
+def damped(operator: PyTorchLinearOperator, damping: float) -> PyTorchLinearOperator:
+    """``A + damping I`` as a flat [P, P] curvlinops operator."""
+    matvec = rows_matvec(operator)
+    return as_operator(lambda rows: matvec(rows) + damping * rows, operator.shape[0], operator.dtype)
+
+
+def cg_solve(operator: PyTorchLinearOperator, rows: torch.Tensor, damping: float, tol: float,
+             max_iter: int) -> tuple[torch.Tensor, int]:
+    """(A + damping I)^-1 applied to each row [k, P] by curvlinops' CG (GPyTorch's batched linear_cg).
+
+    Stops when the mean relative residual ||b - (A + damping I) x|| / ||b|| over the rows is below
+    ``tol`` or after ``max_iter`` iterations. Returns the solutions and the iterations used.
+    """
+    calls = [0]
+    matvec = rows_matvec(operator)
+
+    def shifted_rows(v: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return matvec(v) + damping * v
+
+    shifted = as_operator(shifted_rows, operator.shape[0], operator.dtype)
+    inverse = CGInverseLinearOperator(shifted, tolerance=tol, max_iter=max_iter, max_tridiag_iter=0, eps=1e-30)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="CG terminated")  # the iteration count says so
+        solution = (inverse @ rows.T.contiguous()).T
+    return solution, max(calls[0] - 1, 0)  # the first product is the initial residual
+
+
+def neumann_inverse(operator: PyTorchLinearOperator, damping: float, num_terms: int,
+                    scale: float) -> NeumannInverseLinearOperator:
+    """curvlinops' truncated Neumann series of (A + damping I)^-1 (deterministic, full-batch)."""
+    return NeumannInverseLinearOperator(damped(operator, damping), num_terms=num_terms, scale=scale)
+
+
+def trace_estimate(operator: PyTorchLinearOperator, num_matvecs: int = 50, seed: int = 0) -> float:
+    """Hutchinson estimate of tr(A)."""
+    torch.manual_seed(seed)
+    return float(hutchinson_trace(operator, num_matvecs))
+
+
+def squared_fro_estimate(operator: PyTorchLinearOperator, num_matvecs: int = 50, seed: int = 0) -> float:
+    """Hutchinson estimate of ||A||_F^2."""
+    torch.manual_seed(seed)
+    return float(hutchinson_squared_fro(operator, num_matvecs))
+
+
+# -- K-FAC and EK-FAC, as Kronecker eigen forms --------------------------------------------------
+def _kfac_kwargs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str) -> dict:
     if fisher not in FISHER_TYPES:
         raise ValueError(f"unknown Fisher type {fisher!r}; use one of {sorted(FISHER_TYPES)}")
     model = _differentiable(model)
     return dict(
         model_func=model,
-        loss_func=nn.CrossEntropyLoss(reduction="mean"),
+        loss_func=_loss(),
         params=[p for p in model.parameters()],
         data=_batches(x, y),
         fisher_type=FISHER_TYPES[fisher],
@@ -83,49 +173,37 @@ def _common_kwargs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: s
 def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2"):
     """Per layer (A, G): A = E[a a^T] of the augmented input [in+1, in+1], G of the output gradients
     [out, out], both for the MEAN loss (K-FAC block = G (x) A in the joint [W | b] order)."""
-    kfac = KFACLinearOperator(**_common_kwargs(model, x, y, fisher))
+    kfac = KFACLinearOperator(**_kfac_kwargs(model, x, y, fisher))
     kfac.compute_kronecker_factors()
     state = kfac.state_dict()
     return [(state["input_covariances"][name], state["gradient_covariances"][name]) for name, _ in _linears(model)]
 
 
-def kfac_layers(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2") -> list[KroneckerLayer]:
-    """K-FAC in eigen form: eigvecs = P (Q_G (x) Q_A), eigvals = lam_G (x) lam_A."""
-    layers = []
+def _layer_slices(model: nn.Module) -> list[slice]:
+    from influence_bench.curvature.exact import layer_slices
+
+    return layer_slices(model)
+
+
+def kfac_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2") -> EigenCurvature:
+    """K-FAC in eigen form: per layer Q_G (x) Q_A with eigenvalues lam_G (x) lam_A."""
+    blocks = []
     for (_, linear), (a, g) in zip(_linears(model), kronecker_factors(model, x, y, fisher)):
         lam_a, q_a = torch.linalg.eigh(a)
         lam_g, q_g = torch.linalg.eigh(g)
-        perm = joint_to_param_order(linear.out_features, linear.in_features)
-        layers.append(KroneckerLayer(torch.kron(q_g, q_a)[perm], torch.kron(lam_g, lam_a), (q_g, q_a, perm)))
-    return layers
+        blocks.append(KroneckerEigenBlock(q_g, q_a, torch.outer(lam_g, lam_a).flatten(), linear.bias is not None))
+    return EigenCurvature(_layer_slices(model), blocks)
 
 
-def ekfac_layers(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2") -> list[KroneckerLayer]:
+def ekfac_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2") -> EigenCurvature:
     """EK-FAC: the K-FAC eigenbasis with curvlinops' corrected eigenvalues diag(Q^T F Q) per layer."""
-    ekfac = EKFACLinearOperator(**_common_kwargs(model, x, y, fisher))
+    ekfac = EKFACLinearOperator(**_kfac_kwargs(model, x, y, fisher))
     ekfac.compute_kronecker_factors()
     ekfac.compute_eigenvalue_correction()
     state = ekfac.state_dict()
-    out = []
+    blocks = []
     for name, linear in _linears(model):
-        q_a = state["input_covariances_eigenvectors"][name]
-        q_g = state["gradient_covariances_eigenvectors"][name]
-        perm = joint_to_param_order(linear.out_features, linear.in_features)
-        out.append(KroneckerLayer(torch.kron(q_g, q_a)[perm], state["corrected_eigenvalues"][name].flatten(),
-                                  (q_g, q_a, perm)))
-    return out
-
-
-def ggn_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> GGNLinearOperator:
-    """curvlinops' matrix-free GGN of the mean cross-entropy (the reference for ``exact_ggn``)."""
-    model = _differentiable(model)
-    return GGNLinearOperator(
-        model, nn.CrossEntropyLoss(reduction="mean"), list(model.parameters()), _batches(x, y),
-        check_deterministic=False,
-    )
-
-
-def layers_to_curvature(layers: list[KroneckerLayer], slices: list[slice]) -> EigenCurvature:
-    """Per-layer Kronecker eigen forms as one block-diagonal ``EigenCurvature``."""
-    return EigenCurvature(list(slices), [layer.eigvals for layer in layers], [layer.eigvecs for layer in layers],
-                          [layer.kron for layer in layers])
+        blocks.append(KroneckerEigenBlock(
+            state["gradient_covariances_eigenvectors"][name], state["input_covariances_eigenvectors"][name],
+            state["corrected_eigenvalues"][name].flatten(), linear.bias is not None))
+    return EigenCurvature(_layer_slices(model), blocks)

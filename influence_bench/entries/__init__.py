@@ -2,6 +2,18 @@
 
 # imported in the order of the paper's chain, which is the registry's (and `list`'s) order
 from influence_bench.entries import hessian, ggn, ekfac, kfac, hybrid, diagonal, identity  # noqa: F401, I001
-from influence_bench.entries.base import ENTRIES, Entry, NotFittedError, UnknownEntryError, get_entry, register
+from influence_bench.entries.base import (
+    ENTRIES,
+    DenseEntry,
+    EigenEntry,
+    Entry,
+    MissingCapabilityError,
+    NotFittedError,
+    UnknownEntryError,
+    get_entry,
+    register,
+    unregister,
+)
 
-__all__ = ["ENTRIES", "Entry", "NotFittedError", "UnknownEntryError", "get_entry", "register"]
+__all__ = ["ENTRIES", "DenseEntry", "EigenEntry", "Entry", "MissingCapabilityError", "NotFittedError",
+           "UnknownEntryError", "get_entry", "register", "unregister"]

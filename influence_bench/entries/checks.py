@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from influence_bench.entries.base import Entry, NotFittedError
+from influence_bench.entries.base import Entry, MissingCapabilityError, NotFittedError
 from influence_bench.problem import InfluenceProblem
 
 Check = Callable[[type[Entry], InfluenceProblem], None]
@@ -35,10 +35,23 @@ def tiny_problem() -> InfluenceProblem:
     return InfluenceProblem(model, data, name="tiny-check")
 
 
+def _own_curvature(entry: Entry, problem: InfluenceProblem) -> torch.Tensor:
+    """The entry's own curvature as a dense [P, P] matrix, from its eigen form or its operator."""
+    if entry.has("eigen"):
+        return entry.eigen_form().dense()
+    eye = torch.eye(problem.n_params, dtype=torch.float64)
+    return entry.curvature_matvec(eye)
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
+    return bool(torch.linalg.norm(got - expected) <= rtol * torch.linalg.norm(expected) + 1e-300)
+
+
 def check_init_stores_parameters(cls: type[Entry], problem: InfluenceProblem) -> None:
     entry = cls(damping=3e-3, eps=2e-7)
-    assert entry.get_params() == {"damping": 3e-3, "eps": 2e-7}, "__init__ must store damping and eps as given"
-    assert not hasattr(entry, "curvature_"), "__init__ must not fit anything (no curvature_ before fit)"
+    params = entry.get_params()
+    assert params["damping"] == 3e-3 and params["eps"] == 2e-7, "__init__ must store damping and eps as given"
+    assert not entry.is_fitted(), "__init__ must not fit anything (no attribute ending in _ before fit)"
     try:
         entry.scores(problem)
     except NotFittedError:
@@ -47,10 +60,34 @@ def check_init_stores_parameters(cls: type[Entry], problem: InfluenceProblem) ->
         raise AssertionError("scores() before fit() must raise NotFittedError")
 
 
+def check_capabilities_are_declared(cls: type[Entry], problem: InfluenceProblem) -> None:
+    """What an entry declares it can do, it does; the rest raises MissingCapabilityError."""
+    entry = cls().fit(problem)
+    v = torch.randn(2, problem.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for capability, call in (("eigen", entry.eigen_form), ("operator", lambda: entry.curvature_matvec(v))):
+        if entry.has(capability):
+            call()
+        else:
+            try:
+                call()
+            except MissingCapabilityError:
+                continue
+            raise AssertionError(f"{capability!r} is not declared, yet it did not raise MissingCapabilityError")
+
+
 def check_fit_returns_self(cls: type[Entry], problem: InfluenceProblem) -> None:
     entry = cls()
     assert entry.fit(problem) is entry, "fit(problem) must return self"
-    assert hasattr(entry, "curvature_"), "fit must set curvature_ (an EigenCurvature, or None)"
+    assert entry.is_fitted(), "fit must leave fitted state in attributes ending in _"
+
+
+def check_inverse_shape_dtype_finite(cls: type[Entry], problem: InfluenceProblem) -> None:
+    entry = cls().fit(problem)
+    v = torch.randn(3, problem.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = entry.inverse(v)
+    assert tuple(out.shape) == (3, problem.n_params), f"inverse must map [k, P] to [k, P], got {tuple(out.shape)}"
+    assert out.dtype == torch.float64, f"inverse must return float64, got {out.dtype}"
+    assert torch.isfinite(out).all(), "inverse returned NaN or inf"
 
 
 def check_scores_shape_dtype_finite(cls: type[Entry], problem: InfluenceProblem) -> None:
@@ -62,40 +99,47 @@ def check_scores_shape_dtype_finite(cls: type[Entry], problem: InfluenceProblem)
 
 
 def check_scores_use_the_inverse(cls: type[Entry], problem: InfluenceProblem) -> None:
-    """s = - g_test (C + damping I)^-1 g_train^T, at two dampings."""
+    """s = - g_test (C + damping I)^-1 g_train^T, at two dampings, also for a subset of queries."""
     entry = cls().fit(problem)
-    if entry.curvature_ is None:
-        return
+    if entry.has("scores"):
+        return  # an entry with scores of its own is checked against its own reference
     for damping in (entry.damping, 1e-1):
-        expected = -problem.test_grads @ entry.inverse_hvp(problem.train_grads, damping).T
+        expected = -entry.inverse(problem.test_grads, damping) @ problem.train_grads.T
         got = entry.scores(problem, damping=damping)
-        assert torch.allclose(got, expected, rtol=1e-7, atol=1e-9 * float(expected.abs().max())), (
-            f"scores at damping {damping} differ from -g_test (C + damping I)^-1 g_train")
+        assert _close(got, expected, max(entry.inverse_rtol, 1e-9)), (
+            f"scores at damping {damping} differ from -(C + damping I)^-1 g_test . g_train")
+    queries = torch.tensor([2, 0])
+    assert _close(entry.scores(problem, queries=queries), entry.scores(problem)[queries], max(entry.inverse_rtol, 1e-9)), (
+        "scores for a subset of queries differ from those rows of the full scores")
 
 
 def check_inverse_matches_dense_solve(cls: type[Entry], problem: InfluenceProblem) -> None:
     """(C + damping I)^-1 v against a dense eigen-solve of the entry's own curvature, eps-truncated."""
     entry = cls().fit(problem)
-    if entry.curvature_ is None:
-        return
-    dense = entry.curvature_.dense()
-    assert torch.allclose(dense, dense.T, atol=1e-10 * float(dense.abs().max())), "the curvature is not symmetric"
+    if not (entry.has("eigen") or entry.has("operator")):
+        return  # no curvature: nothing to solve against (the inverse is declared, e.g. the identity)
+    dense = _own_curvature(entry, problem)
+    assert torch.allclose(dense, dense.T, atol=1e-8 * float(dense.abs().max())), "the curvature is not symmetric"
     damping = 1e-2
     lam, q = torch.linalg.eigh(dense + damping * torch.eye(dense.shape[0], dtype=dense.dtype))
     inv = torch.where(lam > entry.eps, 1.0 / lam.clamp_min(1e-300), torch.zeros_like(lam))
-    v = torch.randn(3, dense.shape[0], dtype=dense.dtype, generator=torch.Generator().manual_seed(0))
+    v = problem.test_grads[:3]
     expected = ((v @ q) * inv) @ q.T
-    got = entry.inverse_hvp(v, damping)
-    assert torch.allclose(got, expected, rtol=1e-7, atol=1e-9 * float(expected.abs().max())), (
-        "inverse_hvp does not match a dense solve of the entry's own curvature")
+    got = entry.inverse(v, damping)
+    error = float(torch.linalg.norm(got - expected) / torch.linalg.norm(expected))
+    assert error <= entry.inverse_rtol, (
+        f"inverse differs from a dense solve of the entry's own curvature by {error:.2e} (relative), "
+        f"more than its declared inverse_rtol {entry.inverse_rtol:g}")
 
 
 def check_large_damping_gives_gradient_dot_product(cls: type[Entry], problem: InfluenceProblem) -> None:
     """As damping grows, damping * s -> - g_test^T g_train (the curvature stops mattering)."""
     entry = cls().fit(problem)
-    if entry.curvature_ is None:
+    if not entry.has_damping or entry.has("scores"):
         return
-    damping = 1e6 * max(float(entry.curvature_.all_eigvals().abs().max()), 1.0)
+    scale = float(torch.linalg.norm(_own_curvature(entry, problem), ord=2)) if (
+        entry.has("eigen") or entry.has("operator")) else 1.0
+    damping = 1e6 * max(scale, 1.0)
     dot = -problem.test_grads @ problem.train_grads.T
     got = damping * entry.scores(problem, damping=damping)  # = dot + O(||C|| / damping) = dot (1 + 1e-6)
     assert torch.allclose(got, dot, rtol=1e-4, atol=1e-4 * float(dot.abs().max())), (
@@ -105,6 +149,8 @@ def check_large_damping_gives_gradient_dot_product(cls: type[Entry], problem: In
 CHECKS: tuple[Check, ...] = (
     check_init_stores_parameters,
     check_fit_returns_self,
+    check_capabilities_are_declared,
+    check_inverse_shape_dtype_finite,
     check_scores_shape_dtype_finite,
     check_scores_use_the_inverse,
     check_inverse_matches_dense_solve,

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from influence_bench.curvature.eigen import EigenCurvature
-from influence_bench.entries.base import Entry, register
+from influence_bench.entries.base import EigenEntry, register
 
 
 @register
-class DiagGGN(Entry):
+class DiagGGN(EigenEntry):
     name = "diag-ggn"
     description = "exact diagonal of the GGN"
-    curvature_kind = "diagonal"
+    uses = frozenset({"ggn"})
 
     def fit(self, problem):
-        self.curvature_ = EigenCurvature.diagonal(problem.ggn_diagonal)
+        self.eigen_ = EigenCurvature.diagonal(problem.ggn_diagonal)
         return self

@@ -1,25 +1,23 @@
 """``ekfac`` and ``ekfac-mc``: EK-FAC (curvlinops), the K-FAC eigenbasis with corrected eigenvalues.
 
 Type-2 EK-FAC is the block-GGN restricted to the Kronecker eigenbasis: its eigenvalues are exactly
-diag(Q^T G_block Q) (zero eigenvalue mismatch by construction).
+diag(Q^T G_block Q) (zero eigenvalue mismatch by construction). The factors stay factors.
 """
 
 from __future__ import annotations
 
 from influence_bench.curvature import curvlinops_adapter
-from influence_bench.entries.base import Entry, register
+from influence_bench.entries.base import EigenEntry, register
 
 
 @register
-class EKFAC(Entry):
+class EKFAC(EigenEntry):
     name = "ekfac"
     description = "EK-FAC, type-2: Kronecker eigenbasis, exact eigenvalues diag(Q^T G Q)"
-    curvature_kind = "kronecker"
     fisher = "type-2"
 
     def fit(self, problem):
-        layers = curvlinops_adapter.ekfac_layers(problem.model, problem.x_train, problem.y_train, self.fisher)
-        self.curvature_ = curvlinops_adapter.layers_to_curvature(layers, problem.layer_slices)
+        self.eigen_ = curvlinops_adapter.ekfac_curvature(problem.model, problem.x_train, problem.y_train, self.fisher)
         return self
 
 

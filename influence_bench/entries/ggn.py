@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 from influence_bench.curvature.eigen import EigenCurvature
-from influence_bench.entries.base import Entry, register
+from influence_bench.entries.base import DenseEntry, register
 
 
 @register
-class GGN(Entry):
+class GGN(DenseEntry):
     name = "ggn"
     description = "exact GGN of the mean training loss (dense eigendecomposition)"
-    curvature_kind = "dense"
+    dense_what = "the dense GGN"
+    uses = frozenset({"ggn"})
 
     def fit(self, problem):
-        self.curvature_ = problem.ggn_eigen  # shared with the fidelity metrics
+        self.eigen_ = EigenCurvature.from_dense(problem.ggn)
         return self
 
 
+def largest_block_reason(problem, what: str) -> str | None:
+    """Why per-layer dense blocks cannot be built (a layer above the dense limit), or None."""
+    biggest = max(s.stop - s.start for s in problem.layer_slices)
+    if biggest <= problem.dense_limit:
+        return None
+    return (f"needs {what}; its largest layer has {biggest:,} parameters, above the dense limit "
+            f"{problem.dense_limit:,} (raise it with --dense-limit)")
+
+
 @register
-class BlockGGN(Entry):
+class BlockGGN(DenseEntry):
     name = "block-ggn"
     description = "exact GGN, one block per layer (weight and bias together)"
-    curvature_kind = "layer-blocks"
+    uses = frozenset({"ggn"})  # its blocks are sliced from the shared GGN below the dense limit
+
+    def skip(self, problem):
+        return largest_block_reason(problem, "dense per-layer GGN blocks")
 
     def fit(self, problem):
-        self.curvature_ = EigenCurvature.from_dense_blocks(problem.ggn_layer_blocks, problem.layer_slices)
+        self.eigen_ = EigenCurvature.from_dense_blocks(problem.ggn_layer_blocks, problem.layer_slices)
         return self

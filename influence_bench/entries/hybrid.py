@@ -7,21 +7,25 @@ from __future__ import annotations
 import torch
 
 from influence_bench.curvature import curvlinops_adapter
-from influence_bench.curvature.eigen import EigenCurvature
-from influence_bench.entries.base import Entry, register
+from influence_bench.curvature.eigen import DenseEigenBlock, EigenCurvature
+from influence_bench.entries.base import DenseEntry, register
+from influence_bench.entries.ggn import largest_block_reason
 
 
 @register
-class KFACEigvalsInBlockBasis(Entry):
+class KFACEigvalsInBlockBasis(DenseEntry):
     name = "kfac-eigvals-in-block-basis"
     description = "block-GGN eigenbasis with K-FAC (type-2) eigenvalues matched by rank"
-    curvature_kind = "layer-blocks"
+    uses = frozenset({"ggn"})
+
+    def skip(self, problem):
+        return largest_block_reason(problem, "dense per-layer GGN blocks")
 
     def fit(self, problem):
         block = EigenCurvature.from_dense_blocks(problem.ggn_layer_blocks, problem.layer_slices)
-        kfac = curvlinops_adapter.kfac_layers(problem.model, problem.x_train, problem.y_train, "type-2")
+        kfac = curvlinops_adapter.kfac_curvature(problem.model, problem.x_train, problem.y_train, "type-2")
         # eigh returns ascending eigenvalues, so the i-th smallest K-FAC eigenvalue goes to the
         # eigenvector of the i-th smallest block-GGN eigenvalue
-        eigvals = [torch.sort(layer.eigvals).values for layer in kfac]
-        self.curvature_ = EigenCurvature(block.slices, eigvals, block.eigvecs)
+        blocks = [DenseEigenBlock(b.eigvecs, torch.sort(k.eigvals).values) for b, k in zip(block.blocks, kfac.blocks)]
+        self.eigen_ = EigenCurvature(block.slices, blocks)
         return self

@@ -1,6 +1,8 @@
-"""``identity``: the gradient dot product, s[j, i] = - g_j^T g_i (no curvature)."""
+"""``identity``: the gradient dot product, s[j, i] = - g_j^T g_i (no curvature: the inverse is I)."""
 
 from __future__ import annotations
+
+import torch
 
 from influence_bench.entries.base import Entry, register
 
@@ -9,15 +11,12 @@ from influence_bench.entries.base import Entry, register
 class Identity(Entry):
     name = "identity"
     description = "gradient dot product: no curvature (C^-1 replaced by I)"
-    curvature_kind = "none"
+    has_damping = False
 
     def fit(self, problem):
-        self.curvature_ = None
+        self.fitted_ = True
         return self
 
-    def scores(self, problem, damping=None):
+    def inverse(self, vectors, damping=None):
         self._check_fitted()
-        return -problem.test_grads @ problem.train_grads.T
-
-    def mean_eigenvalue(self) -> float:
-        return 1.0
+        return vectors.to(torch.float64).clone()

@@ -15,8 +15,10 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from influence_bench.report.tables import RANKING_ALPHA, TRACKS, pareto_front
+from influence_bench import schema
+from influence_bench.report.tables import RANKING_ALPHA, TRACKS, grid_rows, pareto_members, resolution
 
 DPI = 110
 PNG_METADATA = {"Software": None}
@@ -39,14 +41,21 @@ FIGURES = {
                    "fixed and tuned damping tracks",
                    "LDS against α (shaded: 95% CI; dashed black: noise ceiling). Left: fixed damping, right: tuned."),
         FigureInfo("pareto", f"Tuned LDS at alpha {RANKING_ALPHA} against total time per entry, with the Pareto front",
-                   f"Tuned LDS at α = {RANKING_ALPHA} against fit + score time (log scale). The step line is the "
-                   "Pareto front: the best LDS reachable within a time budget."),
+                   f"Tuned LDS at α = {RANKING_ALPHA} against fit + score time (log scale). Ringed and joined: the "
+                   "Pareto front, the entries no other entry beats by a resolved margin on one axis without being "
+                   "resolved worse on the other."),
+        FigureInfo("damping", "Dev-half LDS against damping per entry, with each entry's chosen damping and the "
+                   "fixed damping marked",
+                   f"LDS at α = {RANKING_ALPHA} on the dev half of the test queries against damping (log scale), one "
+                   "line per entry over its grid. Star: the chosen damping; open square: the fixed damping, also "
+                   "the dotted vertical line."),
         FigureInfo("spectra", "Sorted eigenvalue spectra per layer of each curvature against the exact GGN",
                    "Eigenvalues per layer, largest first (log scale, clipped at 1e-12); the thick black line is "
                    "the exact GGN."),
         FigureInfo("waterfall", "Waterfall of the LDS along the chain Hessian, GGN, block-GGN, EK-FAC, K-FAC",
                    "LDS (mean over α) along the chain: full bars are rungs, floating bars the change of each step "
-                   "(red: accuracy lost, green: gained)."),
+                   "(red: accuracy lost, green: gained, both resolved by the paired interval; hatched grey: not "
+                   "resolved)."),
     )
 }
 
@@ -108,10 +117,11 @@ def pareto(rank: pd.DataFrame, colors: dict[str, tuple]) -> Figure:
     for entry, (seconds, lds) in points.iterrows():
         ax.scatter(seconds, lds, s=45, color=colors[entry], edgecolor="black", lw=0.5, zorder=3)
         ax.annotate(entry, (seconds, lds), xytext=(5, 4), textcoords="offset points", fontsize=8)
-    front = points.loc[pareto_front(points.total_s, points.lds_tuned)]
-    steps_x = [*front.total_s, points.total_s.max()]
-    steps_y = [*front.lds_tuned, front.lds_tuned.iloc[-1]]
-    ax.step(steps_x, steps_y, where="post", color="black", lw=1.3, zorder=2, label="Pareto front")
+    front = points.loc[[e for e in pareto_members(rank) if e in points.index]]
+    if len(front):
+        ax.plot(front.total_s, front.lds_tuned, color="black", lw=1.1, ls="--", zorder=2)
+        ax.scatter(front.total_s, front.lds_tuned, s=150, facecolor="none", edgecolor="black", lw=1.3, zorder=4,
+                   label="Pareto front (resolved)")
     ax.set_xscale("log")
     ax.set(xlabel="total time: fit + score (s, log scale)", ylabel=f"LDS at α = {RANKING_ALPHA}, tuned damping",
            title="Accuracy against cost")
@@ -158,8 +168,18 @@ def chain_lds(decomposition: pd.DataFrame, track: str) -> dict[str, float]:
     return {rung: float(lds) for rung, lds in rungs.items() if pd.notna(lds)}
 
 
-def waterfall_bars(rungs: dict[str, float]) -> list[tuple[str, float, float, str]]:
-    """(label, bottom, top, kind) bars: totals at the first rung, GGN and the last rung, changes between."""
+def chain_resolved(decomposition: pd.DataFrame, track: str) -> dict[tuple[str, str], bool]:
+    """(from, to) -> whether the step's drop (mean over alpha) is resolved by its paired interval."""
+    rows = decomposition[(decomposition.track == track) & (decomposition.alpha.astype(str) == "mean")]
+    return {(a, b): resolution(low, high) in ("higher", "lower")
+            for a, b, low, high in zip(rows["from"], rows["to"], rows.drop_ci_low, rows.drop_ci_high)}
+
+
+def waterfall_bars(rungs: dict[str, float],
+                   resolved: dict[tuple[str, str], bool] | None = None) -> list[tuple[str, float, float, str]]:
+    """(label, bottom, top, kind) bars: totals at the first rung, GGN and the last rung, changes between (kind
+    "change" where resolved, "unresolved" where the step's interval contains 0 or is missing)."""
+    resolved = {} if resolved is None else resolved
     names = list(rungs)
     totals = {names[0], REFERENCE, names[-1]}
     bars = []
@@ -167,7 +187,8 @@ def waterfall_bars(rungs: dict[str, float]) -> list[tuple[str, float, float, str
         if i:
             before = rungs[names[i - 1]]
             label = f"{RUNG_LABELS.get(names[i - 1], names[i - 1])}\n→ {RUNG_LABELS.get(name, name)}"
-            bars.append((label, before, rungs[name], "change"))
+            kind = "change" if resolved.get((names[i - 1], name), False) else "unresolved"
+            bars.append((label, before, rungs[name], kind))
         if name in totals:
             bars.append((RUNG_LABELS.get(name, name), 0.0, rungs[name], "total"))
     return bars
@@ -175,8 +196,9 @@ def waterfall_bars(rungs: dict[str, float]) -> list[tuple[str, float, float, str
 
 def draw_waterfall(ax: Axes, bars: list[tuple[str, float, float, str]]) -> None:
     for x, (_label, bottom, top, kind) in enumerate(bars):
-        color = "0.45" if kind == "total" else ("tab:red" if top < bottom else "tab:green")
-        ax.bar(x, top - bottom, bottom=bottom, color=color, width=0.65, edgecolor="black", lw=0.5)
+        color = {"total": "0.45", "unresolved": "0.85"}.get(kind, "tab:red" if top < bottom else "tab:green")
+        ax.bar(x, top - bottom, bottom=bottom, color=color, width=0.65, edgecolor="black", lw=0.5,
+               hatch="//" if kind == "unresolved" else None)
         text = f"{top:.3f}" if kind == "total" else f"{top - bottom:+.3f}"
         downwards = top < bottom
         ax.annotate(text, (x, top), xytext=(0, -3 if downwards else 3), textcoords="offset points", ha="center",
@@ -197,19 +219,51 @@ def waterfall(decomposition: pd.DataFrame) -> Figure:
         if len(rungs) < 2:
             mark_not_available(ax, f"fewer than two rungs of the chain on the {track} track")
             continue
-        draw_waterfall(ax, waterfall_bars(rungs))
+        draw_waterfall(ax, waterfall_bars(rungs, chain_resolved(decomposition, track)))
         ax.set(title=f"{track} damping (mean over α)", ylabel="LDS")
     return fig
 
 
+def damping_figure(grid: pd.DataFrame, order: list[str], colors: dict[str, tuple]) -> Figure:
+    """Dev-half LDS against damping (log x), one line per entry over its grid; the pick and the fixed point marked."""
+    fig, (ax,) = new_figure(9, 5.2)
+    rows = grid_rows(grid, order)
+    rows = rows[(rows.damping > 0) & rows.dev_lds.notna()]  # a log axis needs positive dampings
+    if rows.empty:
+        mark_not_available(ax, "no damping_grid.csv with dev-half LDS per grid point")
+        return fig
+    for entry in [e for e in order if e in set(rows.entry)]:
+        line = rows[rows.entry == entry].sort_values("damping")
+        ax.plot(line.damping, line.dev_lds, marker="o", ms=3, lw=1.3, color=colors[entry], label=entry)
+        chosen, fixed = line[line.chosen], line[line.is_fixed]
+        ax.scatter(chosen.damping, chosen.dev_lds, marker="*", s=170, color=colors[entry], edgecolor="black",
+                   lw=0.7, zorder=4)
+        ax.scatter(fixed.damping, fixed.dev_lds, marker="s", s=45, facecolor="none", edgecolor="black", lw=1.0,
+                   zorder=3)
+    for damping in sorted(set(rows[rows.is_fixed].damping)):
+        ax.axvline(damping, color="0.3", ls=":", lw=1.0, zorder=1)
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], marker="*", ms=11, ls="", color="0.6", markeredgecolor="black"),
+                Line2D([], [], marker="s", ms=6, ls=":", color="0.3", markerfacecolor="none",
+                       markeredgecolor="black")]
+    labels += ["chosen damping", "fixed damping"]
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
+    ax.set_xscale("log")
+    ax.set(xlabel="damping λ (log scale)", ylabel=f"LDS at α = {RANKING_ALPHA}, dev half of the test queries",
+           title="Damping grid")
+    return fig
+
+
 def draw_figures(results: pd.DataFrame, rank: pd.DataFrame, decomposition: pd.DataFrame,
-                 spectra: dict[str, np.ndarray]) -> dict[str, bytes]:
+                 spectra: dict[str, np.ndarray], grid: pd.DataFrame | None = None) -> dict[str, bytes]:
     """Every figure of the report as PNG bytes, by name (the keys of FIGURES)."""
     order = list(rank.index)
     colors = entry_colors(order)
+    grid = pd.DataFrame(columns=list(schema.GRID_COLUMNS)) if grid is None else grid
     drawers = {
         "lds_vs_alpha": lambda: lds_vs_alpha(results, order, colors),
         "pareto": lambda: pareto(rank, colors),
+        "damping": lambda: damping_figure(grid, order, colors),
         "spectra": lambda: spectra_figure(spectra, order, colors),
         "waterfall": lambda: waterfall(decomposition),
     }

@@ -1,0 +1,183 @@
+"""The in-process Python API: ``influence_bench.run(task, entries, preset=...)``.
+
+    import influence_bench
+    results = influence_bench.run("digits-mlp", ["identity", "kfac", "cg"], preset="smoke")
+    print(results.lds(track="tuned", alpha=0.5))
+    results.table  # the long pandas table (influence_bench.schema)
+
+Entries are registered names or entry objects. Each runs in a process of its own by default
+(``isolate=True``: a crash or a memory peak stays there, and peak memory is its own), or in the
+calling process (``isolate=False``). ``out`` writes a results directory; the CLI is a thin shell
+over this function.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from influence_bench import schema
+from influence_bench.curvature.eigen import DEFAULT_DAMPING, DEFAULT_EPS
+from influence_bench.entries.base import Entry
+
+ENTRY_TIMEOUT_S = 3600.0
+
+
+@dataclass
+class RunResults:
+    table: pd.DataFrame  # the long table (schema.COLUMNS)
+    entries: list = field(repr=False)  # EntryResult per entry, in the order run
+    decomposition: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    split: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    bootstrap: dict = field(repr=False, default_factory=dict)
+    out_dir: Path | None = None
+    parent_peak_rss_mb: float = math.nan
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return {r.name: r.message for r in self.entries if r.status == "failed"}
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return {r.name: r.message for r in self.entries if r.status == "skipped"}
+
+    def lds(self, track: str = "tuned", alpha: float = schema.RANKING_ALPHA) -> pd.Series:
+        """entry -> LDS on one track at one alpha (tuned: the held-out half of the queries)."""
+        rows = self.table[(self.table.metric == "lds") & (self.table.track == track)
+                          & np.isclose(self.table.alpha.astype(float), alpha)]
+        return rows.set_index("entry").value
+
+    def scores(self, entry: str, track: str = "fixed") -> np.ndarray:
+        result = next(r for r in self.entries if r.name == entry)
+        return result.scores_fixed if track == "fixed" else result.scores_tuned
+
+
+def resolve_entries(entries: Sequence[str | Entry] | None, damping: float, eps: float) -> list[str | Entry]:
+    """Registered names stay names (each process builds its own); unknown names fail before any work."""
+    from influence_bench.entries import ENTRIES, get_entry
+
+    chosen = list(entries) if entries else list(ENTRIES)
+    for e in chosen:
+        if isinstance(e, str):
+            get_entry(e)  # raises UnknownEntryError with the valid names
+        elif not isinstance(e, Entry):
+            raise TypeError(f"entries must be registered names or Entry objects, not {type(e).__name__}")
+    names = [e if isinstance(e, str) else e.name for e in chosen]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"entries named more than once: {', '.join(duplicates)}")
+    return chosen
+
+
+def _say(message: str, progress: bool) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, preset: str = "standard", *,
+        out: str | Path | None = None, isolate: bool = True, cache_dir: str | Path | None = None,
+        device: str = "cpu", plugins: Sequence[str] = (), damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS,
+        dense_limit: int | None = None, entry_timeout_s: float = ENTRY_TIMEOUT_S, progress: bool = True) -> RunResults:
+    """Run entries against a task's ground truth (built first if it is not cached) and return the results."""
+    from influence_bench.groundtruth import build_lds_groundtruth, get_preset, reference_model
+    from influence_bench.metrics.reference import GGNReference
+    from influence_bench.problem import InfluenceProblem
+    from influence_bench.runner import comparison, isolation
+    from influence_bench.runner.evaluation import EvalSettings, evaluate_entry, failed, peak_rss_mb
+    from influence_bench.runner.persistence import write_results_dir
+    from influence_bench.runner.plugins import load_plugins
+    from influence_bench.runner.provenance import provenance
+    from influence_bench.tasks import get_task
+
+    load_plugins(list(plugins))
+    spec, chosen_preset = get_task(task), get_preset(preset)
+    chosen = resolve_entries(entries, damping, eps)
+    cache = Path(cache_dir) if cache_dir else None
+    out_dir = Path(out) if out is not None else None
+
+    gt = build_lds_groundtruth(spec, chosen_preset, cache, device=device, progress=progress)
+    model = reference_model(spec, cache, device=device)
+    problem = InfluenceProblem(model, spec.data, name=spec.key, dense_limit=dense_limit)
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    train_grads, test_grads = problem.train_grads, problem.test_grads
+    gradient_s, gradient_cpu_s = time.perf_counter() - start_wall, time.process_time() - start_cpu
+    settings = EvalSettings(damping, eps)
+    from influence_bench.entries import get_entry
+    from influence_bench.runner.shared import prepare_shared, shared_needs
+
+    needs = shared_needs(get_entry(e) if isinstance(e, str) else type(e) for e in chosen)
+
+    workdir = Path(tempfile.mkdtemp(prefix="influence-bench-"))
+    try:
+        kind = "exact" if problem.dense_allowed else "estimated (above the dense limit)"
+        _say(f"GGN reference for the fidelity metrics: {kind}, P = {problem.n_params:,}", progress)
+        if isolate:
+            torch.save(model.state_dict(), workdir / "model.pt")
+            torch.save({"train": train_grads, "test": test_grads}, workdir / "gradients.pt")
+            isolation.Job(spec.name, chosen_preset.name, str(cache) if cache else None, str(workdir / "model.pt"),
+                          str(workdir / "gradients.pt"), damping, eps, problem.dense_limit, list(plugins),
+                          sorted(needs)).write(workdir)
+            reference_path, shared_times = isolation.build_reference_isolated(workdir, entry_timeout_s)
+            load_reference = lambda: GGNReference.load(reference_path)  # noqa: E731
+        else:
+            reference, shared_times = prepare_shared(problem, damping, eps, needs)
+            load_reference = lambda: reference  # noqa: E731
+
+        results = []
+        bar = tqdm(chosen, desc="entries", unit="entry", disable=not progress)
+        for e in bar:
+            name = e if isinstance(e, str) else e.name
+            bar.set_postfix_str(name)
+            if isolate:
+                results.append(isolation.evaluate_isolated(workdir, e, entry_timeout_s))
+                continue
+            try:
+                entry = get_entry(e)(damping=damping, eps=eps) if isinstance(e, str) else e
+                results.append(evaluate_entry(entry, problem, gt, settings, load_reference, isolated=False))
+            except Exception as exc:  # noqa: BLE001 - one entry's failure must not lose the others'
+                results.append(failed(name, f"{type(exc).__name__}: {exc}"))
+        ggn_spectra = {f"ggn/layer{i}": np.sort(e.numpy()) for i, e in enumerate(load_reference().layer_eigvals or [])}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    rows = [row for r in results for row in r.rows]
+    rows += [schema.row(schema.SHARED_GRADIENTS, "cost", "gradient_s", gradient_s, False),
+             schema.row(schema.SHARED_GRADIENTS, "cost", "gradient_cpu_s", gradient_cpu_s, False)]
+    rows += [schema.row(schema.SHARED_GRADIENTS, "cost", key, value, False) for key, value in shared_times.items()]
+    table = pd.DataFrame(rows, columns=list(schema.ROW_COLUMNS))
+    meta = {"task": spec.name, "task_version": spec.version, "task_fingerprint": spec.fingerprint[:16],
+            "preset": chosen_preset.name, "n_masks": chosen_preset.n_masks, "n_seeds": chosen_preset.n_seeds,
+            "seeds": f"split={spec.split_seed} masks={spec.mask_seed} retrain=0..{chosen_preset.n_seeds - 1} "
+                     f"reference={spec.reference_seed} bootstrap=0 dev-split={settings.split_seed}",
+            **provenance()}
+    for key, value in meta.items():
+        table[key] = value
+    boot = comparison.paired_bootstrap(results, gt, problem.n_test)
+    decomposition, split = comparison.decomposition_tables(table, boot)
+    spectra = dict(ggn_spectra)
+    for r in results:
+        spectra.update(r.spectra)
+    parent_peak = peak_rss_mb()
+    if out_dir is not None:
+        manifest = {"config": {"task": task, "preset": preset, "entries": [e if isinstance(e, str) else repr(e)
+                                                                             for e in chosen],
+                               "isolate": isolate, "damping": damping, "eps": eps, "dense_limit": problem.dense_limit,
+                               "device": device, "plugins": list(plugins)},
+                    **meta, "reference": "exact" if problem.dense_allowed else "estimated",
+                    "parent_peak_rss_mb": parent_peak,
+                    "failures": {r.name: r.message for r in results if r.status == "failed"},
+                    "skipped": {r.name: r.message for r in results if r.status == "skipped"}}
+        write_results_dir(out_dir, table, results, boot, decomposition, split, spectra, manifest)
+        torch.save(model.state_dict(), out_dir / schema.REFERENCE_FILE)
+    return RunResults(table, results, decomposition, split, boot, out_dir, parent_peak)

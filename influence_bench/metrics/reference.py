@@ -1,0 +1,101 @@
+"""The fidelity reference: the exact GGN's quantities that the curvature metrics compare against.
+
+Below the dense limit they are exact (the dense GGN and its eigendecomposition). Above it no dense
+G exists: the inverse products come from a tight-tolerance CG solve with the exact GGN-vector
+product on a fixed subset of test queries, the spectrum and top eigenvectors from Lanczos (ARPACK),
+and ||G||_F^2 from Hutchinson; ``exact`` is False and every metric computed from it says so.
+Built once per run (in a process of its own when the run isolates entries) and saved to a file that
+each entry's process maps into memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from influence_bench.curvature.eigen import DEFAULT_EPS, truncated_inverse
+from influence_bench.problem import InfluenceProblem
+
+TOP_K = 100  # eigenvectors kept for topk_overlap; Lanczos eigenvalues above the dense limit
+ESTIMATE_QUERIES = 32  # test queries for ihvp_err and fidelity above the dense limit
+ESTIMATE_SEED = 0
+CG_TOL = 1e-10  # relative residual of the reference solve above the dense limit
+CG_MAX_ITER = 2000
+HUTCHINSON_MATVECS = 50
+
+
+@dataclass
+class GGNReference:
+    exact: bool
+    damping: float
+    eps: float
+    queries: torch.Tensor  # [q] test-point indices of ``ihvp`` and ``scores``
+    ihvp: torch.Tensor  # [q, P]: (G + damping I)^-1 g_j
+    scores: torch.Tensor  # [q, n_train]: the exact GGN's influence scores
+    eigvals: torch.Tensor  # all P eigenvalues (exact) or the top K (estimated), descending
+    top_eigvecs: torch.Tensor  # [P, K], columns by descending eigenvalue
+    fro_sq: float  # ||G||_F^2
+    layer_eigvals: list[torch.Tensor] | None = None  # eigenvalues of each layer's block (exact only)
+    ggn: torch.Tensor | None = None  # the dense G (exact only)
+
+    def save(self, path: Path) -> None:
+        torch.save(dataclasses.asdict(self), path)
+
+    @classmethod
+    def load(cls, path: Path) -> "GGNReference":
+        return cls(**torch.load(path, weights_only=True, mmap=True))
+
+
+def estimate_queries(n_test: int, k: int = ESTIMATE_QUERIES, seed: int = ESTIMATE_SEED) -> torch.Tensor:
+    """The fixed subset of test queries used above the dense limit (sorted indices)."""
+    chosen = np.random.default_rng(seed).permutation(n_test)[: min(k, n_test)]
+    return torch.as_tensor(np.sort(chosen))
+
+
+def lanczos_top(matvec_rows, dim: int, k: int, seed: int = ESTIMATE_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k eigenpairs of a symmetric operator by Lanczos (scipy's ARPACK eigsh), descending.
+
+    matvec_rows: [m, P] -> [m, P]. Returns eigenvalues [k] and eigenvectors [P, k].
+    """
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        rows = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(1, -1))
+        return matvec_rows(rows)[0].numpy()
+
+    op = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(dim)
+    lam, vecs = eigsh(op, k=min(k, dim - 1), which="LA", v0=v0)
+    order = np.argsort(lam)[::-1]
+    return torch.as_tensor(lam[order].copy()), torch.as_tensor(vecs[:, order].copy())
+
+
+def build_reference(problem: InfluenceProblem, damping: float, eps: float = DEFAULT_EPS) -> GGNReference:
+    """Exact below the problem's dense limit, estimated above it."""
+    return exact_reference(problem, damping, eps) if problem.dense_allowed else estimated_reference(problem, damping, eps)
+
+
+def exact_reference(problem: InfluenceProblem, damping: float, eps: float = DEFAULT_EPS) -> GGNReference:
+    ggn = problem.ggn
+    lam, q = torch.linalg.eigh(ggn)
+    queries = torch.arange(problem.n_test)
+    ihvp = ((problem.test_grads @ q) * truncated_inverse(lam, damping, eps)) @ q.T
+    k = min(TOP_K, problem.n_params)
+    layer_eigvals = [torch.linalg.eigvalsh(ggn[s, s]) for s in problem.layer_slices]
+    return GGNReference(True, damping, eps, queries, ihvp, -ihvp @ problem.train_grads.T, lam.flip(0),
+                        q[:, -k:].flip(1).contiguous(), float(ggn.square().sum()), layer_eigvals, ggn)
+
+
+def estimated_reference(problem: InfluenceProblem, damping: float, eps: float = DEFAULT_EPS) -> GGNReference:
+    from influence_bench.curvature import curvlinops_adapter
+
+    queries = estimate_queries(problem.n_test)
+    ihvp, _ = curvlinops_adapter.cg_solve(problem.ggn_operator, problem.test_grads[queries], damping, CG_TOL,
+                                          CG_MAX_ITER)
+    lam, vecs = lanczos_top(problem.ggn_matvec, problem.n_params, TOP_K)
+    fro_sq = curvlinops_adapter.squared_fro_estimate(problem.ggn_operator, HUTCHINSON_MATVECS)
+    return GGNReference(False, damping, eps, queries, ihvp, -ihvp @ problem.train_grads.T, lam, vecs, fro_sq)
