@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from influence_bench.curvature import exact
+from influence_bench.curvature.eigen import DenseEigenBlock, EigenCurvature
 from influence_bench.tasks.spec import TaskData
 
 DENSE_LIMIT_ENV = "INFLUENCE_BENCH_DENSE_LIMIT"
@@ -160,6 +161,18 @@ class InfluenceProblem:
         if tuple(matrix.shape) != (self.n_params, self.n_params):
             raise ValueError(f"a shared {name} of shape {tuple(matrix.shape)} for P = {self.n_params}")
         self.__dict__[name] = matrix
+
+    def share_ggn_eigen(self, eigvals: torch.Tensor, eigvecs: torch.Tensor) -> None:
+        """Use the run's one eigendecomposition of the dense GGN (ascending eigenvalues, eigenvectors as columns)."""
+        if tuple(eigvecs.shape) != (self.n_params, self.n_params) or eigvals.numel() != self.n_params:
+            raise ValueError(f"a shared GGN eigendecomposition of shape {tuple(eigvecs.shape)} for P = {self.n_params}")
+        self.__dict__["ggn_eigen"] = EigenCurvature([slice(0, self.n_params)], [DenseEigenBlock(eigvecs, eigvals)])
+
+    @cached_property
+    def ggn_eigen(self) -> EigenCurvature:
+        """The dense GGN's eigendecomposition: the ``ggn`` entry's curvature and the fidelity reference,
+        computed once (a dense inverse shared, not re-implemented per entry)."""
+        return EigenCurvature.from_dense(self.ggn)
 
     def is_computed(self, name: str) -> bool:
         return name in self.__dict__

@@ -38,13 +38,14 @@ SCORES_DIR = "scores"
 TRACKS = ("fixed", "tuned")  # the two damping tracks of LDS and the metrics
 ROW_TRACKS = TRACKS + ("cost", "diagnostics", "all")  # "all": an entry-level status row (failed, skipped)
 STATUSES = ("ok", "not applicable", "skipped", "failed")
-# bootstrap track -> (score set, test queries): "fixed" over all queries, the other two on the held-out half
-BOOTSTRAP_TRACKS = {"fixed": ("fixed", "all"), "tuned": ("tuned", "held_out"), "fixed_heldout": ("fixed", "held_out")}
+# bootstrap track -> (score set, test queries): "fixed" over all queries (the chain of the fixed track),
+# "tuned" on the held-out half (the ranking and the chain of the tuned track)
+BOOTSTRAP_TRACKS = {"fixed": ("fixed", "all"), "tuned": ("tuned", "held_out")}
 # metric names shared by the runner and the report
 LDS, LDS_HELDOUT = "lds", "lds_heldout"  # LDS_HELDOUT: fixed damping on the held-out half (track "fixed")
 COST_METRICS = ("fit_s", "fit_cpu_s", "score_s", "score_cpu_s", "score_s_spread", "total_s", "peak_rss_mb")
 # rows of SHARED_GRADIENTS: per-example gradients, the dense GGN and Hessian, the fidelity reference
-SHARED_COST_METRICS = ("gradient_s", "gradient_cpu_s", "ggn_s", "hessian_s", "reference_s")
+SHARED_COST_METRICS = ("gradient_s", "gradient_cpu_s", "ggn_s", "ggn_eigen_s", "hessian_s", "reference_s")
 MEAN_ALPHA = "mean"  # the alpha of decomposition.csv / split.csv rows averaged over alphas
 SHARED_GRADIENTS = "(shared)"  # the work every entry shares: gradients, dense GGN / Hessian, the reference
 RANKING_ALPHA = 0.5

@@ -5,15 +5,29 @@ import pytest
 import torch
 
 from influence_bench.curvature import curvlinops_adapter
-from influence_bench.curvature.eigen import EigenCurvature
-from influence_bench.entries import ENTRIES, NotFittedError, UnknownEntryError, get_entry
+from influence_bench.curvature.eigen import EigenCurvature, KroneckerEigenBlock, LowRankEigenBlock
+from influence_bench.entries import ENTRIES, MissingCapabilityError, NotFittedError, UnknownEntryError, get_entry
 from influence_bench.entries.checks import check_entry, entry_checks
-from influence_bench.metrics.curvature import curvature_fidelity, matrix_metrics
+from influence_bench.metrics.matrix import matrix_metrics
+from influence_bench.metrics.reference import exact_reference
+from influence_bench.metrics.registry import MetricContext, compute_all
 from influence_bench.problem import InfluenceProblem
+
+# the entries that ship with the package (test modules may register more; they are not checked here)
+BUILTIN = {name: cls for name, cls in ENTRIES.items() if cls.__module__.startswith("influence_bench.")}
+
 
 @pytest.fixture(scope="module")
 def fitted(tiny_problem):
-    return {name: cls().fit(tiny_problem) for name, cls in ENTRIES.items()}
+    return {name: cls().fit(tiny_problem) for name, cls in BUILTIN.items()}
+
+
+def curvature_fidelity(entry, problem, damping):
+    """Every section-5 metric of a fitted entry against the exact reference: name -> value."""
+    reference = exact_reference(problem, damping)
+    ihvp = entry.inverse(problem.test_grads, damping)
+    ctx = MetricContext(entry, problem, reference, damping, entry.eps, ihvp, -ihvp @ problem.train_grads.T)
+    return {name: m.value for name, m in compute_all(ctx).items()}
 
 
 def test_registry_has_the_paper_chain():
@@ -25,7 +39,7 @@ def test_registry_has_the_paper_chain():
 
 
 @pytest.mark.parametrize(("entry_cls", "check"), [
-    pytest.param(cls, check, id=check_id) for cls in ENTRIES.values() for check_id, check in entry_checks(cls)
+    pytest.param(cls, check, id=check_id) for cls in BUILTIN.values() for check_id, check in entry_checks(cls)
 ])
 def test_conformance_kit(entry_cls, check, tiny_problem):
     """Every registered entry passes every check of the public kit (``pytest -k kfac-`` picks one)."""
@@ -34,22 +48,22 @@ def test_conformance_kit(entry_cls, check, tiny_problem):
 
 def test_kit_catches_a_wrong_entry(tiny_problem):
     class SignFlipped(get_entry("ggn")):
-        def scores(self, problem, damping=None):
-            return -super().scores(problem, damping)
+        def scores(self, problem, damping=None, queries=None):
+            return -super().scores(problem, damping, queries)
 
     with pytest.raises(AssertionError, match="scores_use_the_inverse"):
         check_entry(SignFlipped, tiny_problem)
 
 
 def test_exact_entries_reproduce_the_shared_matrices(fitted, tiny_problem):
-    assert torch.allclose(fitted["ggn"].curvature_.dense(), tiny_problem.ggn, atol=1e-12)
-    assert torch.allclose(fitted["hessian"].curvature_.dense(), tiny_problem.hessian, atol=1e-12)
-    block = fitted["block-ggn"].curvature_.dense()
+    assert torch.allclose(fitted["ggn"].eigen_form().dense(), tiny_problem.ggn, atol=1e-12)
+    assert torch.allclose(fitted["hessian"].eigen_form().dense(), tiny_problem.hessian, atol=1e-12)
+    block = fitted["block-ggn"].eigen_form().dense()
     for s in tiny_problem.layer_slices:
         assert torch.allclose(block[s, s], tiny_problem.ggn[s, s], atol=1e-12)
     s0, s1 = tiny_problem.layer_slices[:2]
     assert block[s0, s1].abs().max() == 0 and tiny_problem.ggn[s0, s1].abs().max() > 0
-    assert torch.equal(torch.diagonal(fitted["diag-ggn"].curvature_.dense()), torch.diagonal(tiny_problem.ggn))
+    assert torch.equal(torch.diagonal(fitted["diag-ggn"].eigen_form().dense()), torch.diagonal(tiny_problem.ggn))
 
 
 def test_kfac_type2_on_one_data_point_is_the_exact_layer_block(tiny_problem):
@@ -57,11 +71,11 @@ def test_kfac_type2_on_one_data_point_is_the_exact_layer_block(tiny_problem):
 
     p = tiny_problem
     one = InfluenceProblem(p.model, TaskData(p.x_train[:1], p.y_train[:1], p.x_test, p.y_test))
-    kfac = get_entry("kfac")().fit(one).curvature_.dense()
+    kfac = get_entry("kfac")().fit(one).eigen_form().dense()
     for s in one.layer_slices:
         assert torch.allclose(kfac[s, s], one.ggn[s, s], atol=1e-12)
     # and on many points it is not (K-FAC is an approximation)
-    many = get_entry("kfac")().fit(tiny_problem).curvature_.dense()
+    many = get_entry("kfac")().fit(tiny_problem).eigen_form().dense()
     s = tiny_problem.layer_slices[0]
     assert torch.linalg.norm(many[s, s] - tiny_problem.ggn[s, s]) > 1e-3 * torch.linalg.norm(tiny_problem.ggn[s, s])
 
@@ -73,22 +87,22 @@ def test_kronecker_factors_are_mean_loss_covariances(tiny_problem):
 
 
 def test_ekfac_type2_keeps_the_trace_and_has_no_eigenvalue_mismatch(fitted, tiny_problem):
-    ekfac = fitted["ekfac"].curvature_
+    ekfac = fitted["ekfac"].eigen_form()
     assert np.isclose(ekfac.trace(), float(torch.trace(tiny_problem.ggn)), rtol=1e-10)
     metrics = matrix_metrics(ekfac, tiny_problem.ggn)
     assert metrics["eigval_mismatch"] < 1e-10
-    kfac = matrix_metrics(fitted["kfac"].curvature_, tiny_problem.ggn)
+    kfac = matrix_metrics(fitted["kfac"].eigen_form(), tiny_problem.ggn)
     assert kfac["eigval_mismatch"] > 1e-3  # K-FAC's eigenvalues are not the block's
     # same basis: identical basis mismatch
     assert np.isclose(kfac["basis_mismatch"], metrics["basis_mismatch"], rtol=1e-8)
 
 
 def test_hybrid_has_block_basis_and_kfac_eigenvalues(fitted, tiny_problem):
-    hybrid = fitted["kfac-eigvals-in-block-basis"].curvature_
-    block = fitted["block-ggn"].curvature_
-    kfac = fitted["kfac"].curvature_
-    for h, b in zip(hybrid.eigvecs, block.eigvecs):
-        assert torch.equal(h, b)
+    hybrid = fitted["kfac-eigvals-in-block-basis"].eigen_form()
+    block = fitted["block-ggn"].eigen_form()
+    kfac = fitted["kfac"].eigen_form()
+    for h, b in zip(hybrid.blocks, block.blocks):
+        assert torch.equal(h.eigvecs, b.eigvecs)
     for h, k in zip(hybrid.eigvals, kfac.eigvals):
         assert torch.equal(h, torch.sort(k).values)
     # block basis: zero basis mismatch inside the blocks, only the off-block part of G remains
@@ -97,26 +111,23 @@ def test_hybrid_has_block_basis_and_kfac_eigenvalues(fitted, tiny_problem):
 
 
 def test_ggn_against_itself_is_perfect(fitted, tiny_problem):
-    ggn = fitted["ggn"]
-    scores = ggn.scores(tiny_problem)
-    m = curvature_fidelity(ggn.curvature_, scores, tiny_problem, scores, damping=1e-4)
+    m = curvature_fidelity(fitted["ggn"], tiny_problem, damping=1e-4)
     assert m["rel_fro"] < 1e-10 and m["spectrum_err"] < 1e-12 and m["fidelity"] == pytest.approx(1.0)
     assert m["eigval_mismatch"] < 1e-10 and m["basis_mismatch"] < 1e-8
-    assert m["topk_overlap_10"] == pytest.approx(1.0) and m["ihvp_err"] == 0.0
+    assert m["topk_overlap_10"] == pytest.approx(1.0) and m["ihvp_err"] < 1e-10
 
 
 def test_fidelity_metrics_against_dense_formulas(fitted, tiny_problem):
     entry = fitted["kfac"]
-    c, g = entry.curvature_.dense(), tiny_problem.ggn
-    reference = fitted["ggn"].scores(tiny_problem)
-    m = curvature_fidelity(entry.curvature_, entry.scores(tiny_problem), tiny_problem, reference, damping=1e-3)
+    c, g = entry.eigen_form().dense(), tiny_problem.ggn
+    m = curvature_fidelity(entry, tiny_problem, damping=1e-3)
     assert m["rel_fro"] == pytest.approx(float(torch.linalg.norm(c - g) / torch.linalg.norm(g)), rel=1e-8)
     eig_c, eig_g = torch.linalg.eigvalsh(c), torch.linalg.eigvalsh(g)
     assert m["spectrum_err"] == pytest.approx(float(torch.linalg.norm(eig_c - eig_g) / torch.linalg.norm(eig_g)), rel=1e-6)
-    q = torch.block_diag(*entry.curvature_.eigvecs)
+    q = torch.block_diag(*(block.basis() for block in entry.eigen_form().blocks))
     qgq = q.T @ g @ q
     d = torch.diagonal(qgq)
-    lam = entry.curvature_.all_eigvals()
+    lam = entry.eigen_form().all_eigvals()
     assert m["eigval_mismatch"] == pytest.approx(float(torch.linalg.norm(lam - d) / torch.linalg.norm(d)), rel=1e-8)
     assert m["basis_mismatch"] == pytest.approx(
         float(torch.linalg.norm(qgq - torch.diag(d)) / torch.linalg.norm(g)), rel=1e-6)
@@ -136,13 +147,12 @@ def test_fidelity_metrics_against_dense_formulas(fitted, tiny_problem):
 
 def test_entry_without_curvature_reports_not_applicable(fitted, tiny_problem):
     entry = fitted["identity"]
-    reference = fitted["ggn"].scores(tiny_problem)
-    m = curvature_fidelity(None, entry.scores(tiny_problem), tiny_problem, reference, damping=1e-4)
+    m = curvature_fidelity(entry, tiny_problem, damping=1e-4)
     for name in ("rel_fro", "spectrum_err", "eigval_mismatch", "basis_mismatch", "topk_overlap_10", "ihvp_err"):
         assert np.isnan(m[name])
     assert -1 <= m["fidelity"] <= 1
-    with pytest.raises(TypeError, match="no curvature"):
-        entry.inverse_hvp(torch.zeros(1, tiny_problem.n_params, dtype=torch.float64))
+    with pytest.raises(MissingCapabilityError, match="no eigen form"):
+        entry.eigen_form()
 
 
 def test_unfitted_entry_says_so(tiny_problem):
@@ -154,3 +164,46 @@ def test_diagonal_form_round_trips():
     values = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     curv = EigenCurvature.diagonal(values)
     assert torch.equal(curv.dense(), torch.diag(values))
+
+
+def test_kronecker_block_is_the_permuted_kronecker_product_without_forming_it():
+    """Q = P (Q_G (x) Q_A): the factor-wise projection equals the dense Kronecker basis in the suite's order."""
+    gen = torch.Generator().manual_seed(0)
+    q_g = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64)).Q
+    q_a = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=torch.float64)).Q  # 4 inputs + bias
+    lam = torch.rand(15, generator=gen, dtype=torch.float64)
+    block = KroneckerEigenBlock(q_g, q_a, lam, bias=True)
+    # the row-major joint [W | b] ([3, 5]) -> the suite's [vec(W); b]
+    perm = torch.tensor([o * 5 + i for o in range(3) for i in range(4)] + [o * 5 + 4 for o in range(3)])
+    dense_basis = torch.kron(q_g, q_a)[perm]
+    assert torch.allclose(block.basis(), dense_basis, atol=1e-14)
+    v = torch.randn(2, 15, generator=gen, dtype=torch.float64)
+    assert torch.allclose(block.map(v, lam), v @ (dense_basis * lam) @ dense_basis.T, atol=1e-13)
+    g = torch.randn(15, 15, generator=gen, dtype=torch.float64)
+    assert torch.allclose(block.basis_product(g + g.T), dense_basis.T @ (g + g.T) @ dense_basis, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["kfac", "ekfac"])
+def test_kronecker_entries_match_curvlinops_own_operator(name, tiny_problem):
+    """The eigen form applied to vectors equals curvlinops' K-FAC / EK-FAC operator (same settings) applied to them."""
+    from curvlinops import EKFACLinearOperator, KFACLinearOperator
+
+    p = tiny_problem
+    cls = {"kfac": KFACLinearOperator, "ekfac": EKFACLinearOperator}[name]
+    op = cls(**curvlinops_adapter._kfac_kwargs(p.model, p.x_train, p.y_train, "type-2"))
+    v = torch.randn(4, p.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    theirs = (op @ v.T.contiguous()).T
+    ours = get_entry(name)().fit(p).curvature_matvec(v)
+    assert torch.allclose(ours, theirs, rtol=1e-8, atol=1e-12 * float(theirs.abs().max()))
+
+
+def test_low_rank_block_inverts_exactly_on_the_whole_space():
+    gen = torch.Generator().manual_seed(4)
+    u = torch.linalg.qr(torch.randn(6, 2, generator=gen, dtype=torch.float64)).Q
+    lam = torch.tensor([3.0, 0.5], dtype=torch.float64)
+    curv = EigenCurvature([slice(0, 6)], [LowRankEigenBlock(u, lam)])
+    dense = (u * lam) @ u.T
+    v = torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    expected = torch.linalg.solve(dense + 0.1 * torch.eye(6, dtype=torch.float64), v.T).T
+    assert torch.allclose(curv.inverse_matvec(v, 0.1), expected, atol=1e-12)
+    assert not curv.complete_basis and torch.allclose(curv.dense(), dense, atol=1e-14)

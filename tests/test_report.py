@@ -644,13 +644,14 @@ def test_significant(values, text):
     assert tables.significant(values) == text
 
 
-def test_bootstrap_keys_are_read_in_both_spellings():
+def test_bootstrap_keys_are_the_schema_keys():
     draws = np.arange(4.0)
-    for key in ("tuned|0.5|kfac-eigvals-in-block-basis", "tuned/0.5/kfac-eigvals-in-block-basis"):
-        boot = tables.Bootstrap.from_arrays({key: draws})
-        assert boot.get("kfac-eigvals-in-block-basis", "tuned", 0.5) is not None
-        assert boot.get("kfac-eigvals-in-block-basis", "tuned", 0.3) is None
+    boot = tables.Bootstrap.from_arrays({schema.bootstrap_key("tuned", 0.5, "kfac-eigvals-in-block-basis"): draws})
+    assert boot.get("kfac-eigvals-in-block-basis", "tuned", 0.5) is not None
+    assert boot.get("kfac-eigvals-in-block-basis", "tuned", 0.3) is None
     assert tables.bootstrap_key("fixed_heldout", 0.3, "kfac") == "fixed_heldout|0.3|kfac"
+    with pytest.raises(ValueError, match="track|alpha|entry"):
+        tables.Bootstrap.from_arrays({"tuned/0.5/kfac": draws})
 
 
 def test_the_results_table_travels_with_the_leaderboard(results_dir, report):

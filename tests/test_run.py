@@ -1,6 +1,7 @@
-"""``influence-bench run`` end to end on a tiny plugin task (tests/bench_plugins.py)."""
+"""``influence-bench run`` and ``influence_bench.run`` end to end on a tiny plugin task (tests/bench_plugins.py)."""
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -11,20 +12,23 @@ import torch
 from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
+import influence_bench
+from influence_bench import schema
 from influence_bench.cli import app
-from influence_bench.entries import get_entry
 from influence_bench.groundtruth import build_lds_groundtruth, get_preset, reference_model
+from influence_bench.groundtruth.lds import LDSGroundTruth
+from influence_bench.metrics.lds import lds
 from influence_bench.problem import InfluenceProblem
-from influence_bench.runner.run import dev_eval_split
-from influence_bench.runner.worker import DAMPING_GRID_FACTORS
+from influence_bench.runner.evaluation import GRID_FACTORS, EvalSettings, dev_eval_split, tune
 
 TESTS = Path(__file__).parent
-ENTRIES = ["ggn", "block-ggn", "ekfac", "kfac", "kfac-eigvals-in-block-basis", "identity",
-           "test-crashes", "test-nan-scores", "test-wrong-shape", "test-bad-curvature", "no-such-entry"]
+CHAIN = ["ggn", "block-ggn", "ekfac", "kfac", "kfac-eigvals-in-block-basis", "identity"]
+MISBEHAVING = ["test-crashes", "test-nan-scores", "test-wrong-shape", "test-bad-curvature"]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def plugin_env(tmp_path_factory):
+    """The plugin module importable here and in every entry's process; an own cache."""
     import bench_plugins  # noqa: F401 - registers the tiny task and the misbehaving entries here too
 
     root = tmp_path_factory.mktemp("run")
@@ -32,49 +36,66 @@ def tiny_run(tmp_path_factory):
            "INFLUENCE_BENCH_CACHE": str(root / "cache")}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    try:
-        result = CliRunner().invoke(app, ["run", "--task", "digits-tiny", "--preset", "smoke", "--plugins",
-                                          "bench_plugins", "--entries", ",".join(ENTRIES), "--out", str(root / "out")])
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    yield root
+    for k, v in old.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(plugin_env):
+    root = plugin_env
+    result = CliRunner().invoke(app, ["run", "--task", "digits-tiny", "--preset", "smoke", "--plugins",
+                                      "bench_plugins", "--entries", ",".join(CHAIN + MISBEHAVING),
+                                      "--out", str(root / "out")])
     return result, root / "out", root / "cache"
 
 
 def test_failures_are_rows_and_the_others_finish(tiny_run):
     result, out, _ = tiny_run
-    assert result.exit_code == 1
-    bad = {"test-crashes", "test-nan-scores", "test-wrong-shape", "test-bad-curvature", "no-such-entry"}
-    for name in bad:
+    assert result.exit_code == 1, result.output
+    for name in MISBEHAVING:
         assert name in result.stderr
     assert "deliberate failure in fit" in result.stderr
-    table = pd.read_parquet(out / "results.parquet")
+    table = pd.read_parquet(out / schema.RESULTS_FILE)
     failed = table[table.status == "failed"].set_index("entry").message
-    assert set(failed.index) == bad
+    assert set(failed.index) == set(MISBEHAVING)
     assert "NaN" in failed["test-nan-scores"] and "shape" in failed["test-wrong-shape"]
     assert failed["test-bad-curvature"].startswith("metrics failed")
     assert (out / "scores" / "test-bad-curvature.fixed.npy").exists()  # its valid scores are not lost
-    assert "valid entries" in failed["no-such-entry"]
     ok = set(table[(table.metric == "lds") & (table.status == "ok")].entry)
-    assert ok == {"ggn", "block-ggn", "ekfac", "kfac", "kfac-eigvals-in-block-basis", "identity"}
-    manifest = json.loads((out / "manifest.json").read_text())
+    assert ok == set(CHAIN)
+    manifest = json.loads((out / schema.MANIFEST_FILE).read_text())
     assert set(manifest["failures"]) == set(failed.index)
 
 
-def test_results_table_has_directions_cis_and_provenance(tiny_run):
+def test_unknown_entry_fails_before_any_work(plugin_env):
+    out = plugin_env / "never"
+    result = CliRunner().invoke(app, ["run", "--task", "digits-tiny", "--preset", "smoke", "--plugins",
+                                      "bench_plugins", "--entries", "kfac,kfca", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "unknown entry 'kfca'" in result.stderr and "valid entries" in result.stderr
+    assert not out.exists()
+
+
+def test_results_follow_the_schema(tiny_run):
     _, out, _ = tiny_run
-    table = pd.read_parquet(out / "results.parquet")
-    assert pd.read_csv(out / "results.csv").shape == table.shape
-    lds = table[table.metric == "lds"]
-    assert set(lds.track) == {"fixed", "tuned"} and set(lds.alpha) == {0.3, 0.5, 0.7, 0.9}
-    assert (lds.ci_low <= lds.value).all() and (lds.value <= lds.ci_high).all()
-    assert lds.higher_is_better.all() and lds.ceiling.between(-1, 1).all()
+    table = schema.validate(pd.read_parquet(out / schema.RESULTS_FILE))
+    assert pd.read_csv(out / schema.RESULTS_CSV).shape == table.shape
+    lds_rows = table[table.metric == "lds"]
+    assert set(lds_rows.track) == {"fixed", "tuned"} and set(lds_rows.alpha) == {0.3, 0.5, 0.7, 0.9}
+    assert (lds_rows.ci_low <= lds_rows.value).all() and (lds_rows.value <= lds_rows.ci_high).all()
+    assert lds_rows.higher_is_better.all() and lds_rows.ceiling.between(-1, 1).all()
     for column in ("git_commit", "torch_version", "curvlinops_version", "machine", "timestamp", "seeds", "preset"):
         assert table[column].notna().all() and (table[column] != "").all()
     cost = table[table.track == "cost"].set_index(["entry", "metric"]).value
     assert cost["ggn", "peak_rss_mb"] > 50 and cost["ggn", "fit_s"] > 0
-    assert ("(shared gradients)", "gradient_s") in cost.index
+    for metric in ("gradient_s", "ggn_s", "reference_s"):
+        assert cost[schema.SHARED_GRADIENTS, metric] > 0  # shared work, timed once
     assert table[(table.entry == "identity") & (table.metric == "rel_fro")].status.item() == "not applicable"
+    # below the dense limit every metric is exact
+    assert not table[(table.entry == "kfac") & (table.track == "fixed")].estimated.any()
+    points = pd.read_parquet(out / schema.POINTS_FILE)
+    assert list(points.columns) == list(schema.POINT_COLUMNS)
 
 
 def test_saved_scores_reproduce_the_reported_lds(tiny_run):
@@ -85,48 +106,137 @@ def test_saved_scores_reproduce_the_reported_lds(tiny_run):
     gt = build_lds_groundtruth(bench_plugins.TINY, get_preset("smoke"), cache, progress=False)
     scores = np.load(out / "scores" / "ekfac.fixed.npy")
     assert scores.shape == (bench_plugins.TINY.data.n_test, bench_plugins.TINY.data.n_train)
-    table = pd.read_parquet(out / "results.parquet")
+    table = pd.read_parquet(out / schema.RESULTS_FILE)
     reported = table[(table.entry == "ekfac") & (table.track == "fixed") & (table.metric == "lds")]
     a = 1  # alpha 0.5
     targets = gt.losses[a].astype(np.float64).mean(axis=1)
     per_point = [spearmanr([scores[j, m].sum() for m in gt.masks[a]], targets[:, j]).statistic
                  for j in range(scores.shape[0])]
     assert reported[reported.alpha == 0.5].value.item() == pytest.approx(np.nanmean(per_point), abs=1e-10)
-    # the reference checkpoint is the cached reference model
-    saved = torch.load(out / "reference.pt", weights_only=True)
+    points = pd.read_parquet(out / schema.POINTS_FILE)
+    mine = points[(points.entry == "ekfac") & (points.track == "fixed") & (points.alpha == 0.5)].lds.to_numpy()
+    assert np.allclose(mine, per_point, equal_nan=True)  # each test point's LDS is kept
+    saved = torch.load(out / schema.REFERENCE_FILE, weights_only=True)
     cached = reference_model(bench_plugins.TINY, cache).state_dict()
     assert all(torch.equal(saved[k], cached[k]) for k in cached)
 
 
-def test_tuned_damping_is_the_best_on_the_dev_half(tiny_run):
+def test_tuned_damping_is_the_best_on_the_dev_half_and_never_below_fixed(tiny_run):
     import bench_plugins
-    from influence_bench.metrics.lds import lds
 
     _, out, cache = tiny_run
-    table = pd.read_parquet(out / "results.parquet")
-    chosen = table[(table.entry == "kfac") & (table.track == "tuned") & (table.metric == "lds")].damping.iloc[0]
+    grid = pd.read_csv(out / schema.GRID_FILE)
+    table = pd.read_parquet(out / schema.RESULTS_FILE)
+    for entry, g in grid.groupby("entry"):
+        assert g.chosen.sum() == 1 and g.is_fixed.sum() == 1
+        assert np.allclose(np.sort(g.factor.dropna()), GRID_FACTORS)  # half-decade steps, 1e-3 .. 10
+        chosen, fixed = g[g.chosen].iloc[0], g[g.is_fixed].iloc[0]
+        assert chosen.dev_lds == g.dev_lds.max() >= fixed.dev_lds
+        assert chosen.at_edge == (chosen.damping in (g.damping.min(), g.damping.max()))
+        tuned = table[(table.entry == entry) & (table.track == "tuned") & (table.metric == "lds")]
+        assert np.allclose(tuned.damping, chosen.damping)
+    # the recorded dev-half LDS is what the saved tuned scores give on the dev half
     spec = bench_plugins.TINY
-    problem = InfluenceProblem(reference_model(spec, cache), spec.data)
-    entry = get_entry("kfac")().fit(problem)
-    grid = [f * entry.mean_eigenvalue() for f in DAMPING_GRID_FACTORS]
     gt = build_lds_groundtruth(spec, get_preset("smoke"), cache, progress=False)
-    dev, held_out = dev_eval_split(problem.n_test)
-    assert not set(dev) & set(held_out) and len(dev) + len(held_out) == problem.n_test
-    dev_lds = [lds(entry.scores(problem, d).numpy()[dev], gt.masks[1], gt.targets[1][:, dev]).mean for d in grid]
-    assert chosen == pytest.approx(grid[int(np.nanargmax(dev_lds))], rel=1e-9)
+    dev, held_out = dev_eval_split(spec.data.n_test)
+    tuned_scores = np.load(out / "scores" / "kfac.tuned.npy")
+    kfac = grid[(grid.entry == "kfac") & grid.chosen].iloc[0]
+    assert lds(tuned_scores[dev], gt.masks[1], gt.targets[1][:, dev]).mean == pytest.approx(kfac.dev_lds, abs=1e-12)
     reported = table[(table.entry == "kfac") & (table.track == "tuned") & (table.metric == "lds")]
     assert (reported.n_points == len(held_out)).all()  # reported on the other half
 
 
-def test_decomposition_written_for_both_tracks(tiny_run):
+def test_decomposition_has_paired_intervals_for_both_tracks(tiny_run):
     _, out, _ = tiny_run
-    chain = pd.read_csv(out / "decomposition.csv")
+    chain = pd.read_csv(out / schema.DECOMPOSITION_FILE)
+    assert list(chain.columns) == list(schema.DECOMPOSITION_COLUMNS)
     assert set(chain.track) == {"fixed", "tuned"} and "mean" in set(chain.alpha.astype(str))
-    split = pd.read_csv(out / "split.csv")
+    steps = chain[chain["from"] != "hessian"]  # the run had no Hessian entry
+    assert (steps.drop_ci_low <= steps["drop"] + 1e-12).all() and (steps["drop"] <= steps.drop_ci_high + 1e-12).all()
+    split = pd.read_csv(out / schema.SPLIT_FILE)
     mean = split[(split.track == "fixed") & (split.alpha.astype(str) == "mean")]
-    lds = pd.read_parquet(out / "results.parquet")
-    lds = lds[(lds.metric == "lds") & (lds.track == "fixed")].groupby("entry").value.mean()
-    assert mean.shapley.sum() == pytest.approx(lds["block-ggn"] - lds["kfac"], abs=1e-12)
+    lds_fixed = pd.read_parquet(out / schema.RESULTS_FILE)
+    lds_fixed = lds_fixed[(lds_fixed.metric == "lds") & (lds_fixed.track == "fixed")].groupby("entry").value.mean()
+    assert mean.shapley.sum() == pytest.approx(lds_fixed["block-ggn"] - lds_fixed["kfac"], abs=1e-12)
+    with np.load(out / schema.BOOTSTRAP_FILE) as boot:
+        assert schema.bootstrap_key("tuned", 0.5, "kfac") in boot.files
+        assert boot[schema.bootstrap_key("tuned", 0.5, "kfac")].shape == (500,)
+
+
+def test_in_process_run_without_a_dense_ggn(plugin_env, monkeypatch):
+    """Above the dense limit, with the dense GGN made to raise: identity, kfac and cg finish with their
+    metrics, the estimated ones marked, and the dense entries skip with a reason."""
+    import influence_bench.curvature.exact as exact
+
+    def no_dense_ggn(*args, **kwargs):
+        raise AssertionError("the dense GGN was built")
+
+    monkeypatch.setattr(exact, "exact_ggn", no_dense_ggn)
+    results = influence_bench.run("digits-tiny", ["identity", "kfac", "cg", "ggn"], preset="smoke", isolate=False,
+                                  dense_limit=100, damping=1e-2, progress=False)
+    assert results.failures == {}
+    assert "dense limit" in results.skipped["ggn"]
+    table = results.table.set_index(["entry", "metric"])
+    fixed = results.table[results.table.track == "fixed"].set_index(["entry", "metric"])
+    for entry in ("identity", "kfac", "cg"):
+        assert math.isfinite(results.lds("tuned")[entry])
+        assert fixed.loc[(entry, "fidelity"), "estimated"]  # against the CG reference on a subset of queries
+    for metric in ("rel_fro", "ihvp_err", "spectrum_err", "topk_overlap_10"):
+        assert fixed.loc[("kfac", metric), "status"] == "ok" and fixed.loc[("kfac", metric), "estimated"]
+        assert fixed.loc[("cg", metric), "status"] == "ok"
+    assert fixed.loc[("kfac", "eigval_mismatch"), "status"] == "not applicable"
+    # cg's curvature is the GGN itself: its estimated distance to it is zero and its top eigenvectors coincide
+    assert fixed.loc[("cg", "rel_fro"), "value"] < 1e-10
+    assert fixed.loc[("cg", "topk_overlap_10"), "value"] == pytest.approx(1.0, abs=1e-6)
+    assert ("cg", "cg_iterations_max") in table.index
+
+
+# -- tuning on a synthetic LDS curve ----------------------------------------------------------------
+class SyntheticCurve:
+    """An entry whose scores are the true effects plus noise that grows with |log10(damping / best)|."""
+
+    name = "synthetic"
+    has_damping = True
+
+    def __init__(self, truth: np.ndarray, best: float):
+        self.truth, self.best = truth, best
+        self.noise = np.random.default_rng(1).normal(size=truth.shape)
+
+    def mean_eigenvalue(self, problem):
+        return 1.0
+
+    def scores(self, problem, damping, queries=None):
+        distance = abs(math.log10(damping / self.best))
+        out = self.truth + 0.3 * distance * self.noise * np.abs(self.truth).mean()
+        return torch.from_numpy(out if queries is None else out[queries.numpy()])
+
+
+class _Problem:
+    n_train = 60
+
+
+def synthetic_ground_truth(truth: np.ndarray) -> LDSGroundTruth:
+    """One alpha (0.5), masks of half the points, targets exactly the summed true effects."""
+    rng = np.random.default_rng(0)
+    masks = np.stack([rng.permutation(60) < 30 for _ in range(40)])[None]
+    losses = (masks[0].astype(float) @ truth.T)[None, :, None, :].repeat(2, axis=2)
+    return LDSGroundTruth(np.array([0.5]), masks, losses)
+
+
+@pytest.mark.parametrize(("best", "pick", "at_edge"), [(0.1, 0.1, False), (1e3, 10.0, True), (1e-4, 1e-4, True)])
+def test_tuning_picks_the_best_damping_and_flags_an_edge(best, pick, at_edge):
+    truth = np.random.default_rng(2).normal(size=(10, 60))
+    entry = SyntheticCurve(truth, best)
+    gt = synthetic_ground_truth(truth)
+    dev = np.arange(10)
+    fixed = entry.scores(None, 1e-4).numpy()
+    chosen, rows, _ = tune(entry, _Problem(), gt, EvalSettings(damping=1e-4, eps=1e-6), fixed, dev)
+    assert chosen == pytest.approx(pick)
+    picked = next(r for r in rows if r["chosen"])
+    assert picked["at_edge"] == at_edge
+    assert len(rows) == len(GRID_FACTORS) + 1 and sum(r["is_fixed"] for r in rows) == 1
+    fixed_row = next(r for r in rows if r["is_fixed"])
+    assert picked["dev_lds"] >= fixed_row["dev_lds"]
 
 
 def test_peak_memory_is_the_entry_process_own():
@@ -134,7 +244,7 @@ def test_peak_memory_is_the_entry_process_own():
     import subprocess
     import sys
 
-    code = ("import resource; from influence_bench.runner.worker import peak_rss_mb; "
+    code = ("import resource; from influence_bench.runner.evaluation import peak_rss_mb; "
             "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     ballast = np.ones(1_500_000_000 // 8)  # 1.5 GB resident in this (parent) process
     own, inherited = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

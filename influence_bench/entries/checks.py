@@ -17,6 +17,15 @@ from influence_bench.entries.base import Entry, MissingCapabilityError, NotFitte
 from influence_bench.problem import InfluenceProblem
 
 Check = Callable[[type[Entry], InfluenceProblem], None]
+_FITTED: dict[tuple[type, int], Entry] = {}
+
+
+def fitted(cls: type[Entry], problem: InfluenceProblem) -> Entry:
+    """``cls()`` fitted on the problem, once per (class, problem): the checks read it, never refit it."""
+    key = (cls, id(problem))
+    if key not in _FITTED:
+        _FITTED[key] = cls().fit(problem)
+    return _FITTED[key]
 
 
 @lru_cache(maxsize=1)
@@ -62,7 +71,7 @@ def check_init_stores_parameters(cls: type[Entry], problem: InfluenceProblem) ->
 
 def check_capabilities_are_declared(cls: type[Entry], problem: InfluenceProblem) -> None:
     """What an entry declares it can do, it does; the rest raises MissingCapabilityError."""
-    entry = cls().fit(problem)
+    entry = fitted(cls, problem)
     v = torch.randn(2, problem.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     for capability, call in (("eigen", entry.eigen_form), ("operator", lambda: entry.curvature_matvec(v))):
         if entry.has(capability):
@@ -82,7 +91,7 @@ def check_fit_returns_self(cls: type[Entry], problem: InfluenceProblem) -> None:
 
 
 def check_inverse_shape_dtype_finite(cls: type[Entry], problem: InfluenceProblem) -> None:
-    entry = cls().fit(problem)
+    entry = fitted(cls, problem)
     v = torch.randn(3, problem.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out = entry.inverse(v)
     assert tuple(out.shape) == (3, problem.n_params), f"inverse must map [k, P] to [k, P], got {tuple(out.shape)}"
@@ -91,7 +100,7 @@ def check_inverse_shape_dtype_finite(cls: type[Entry], problem: InfluenceProblem
 
 
 def check_scores_shape_dtype_finite(cls: type[Entry], problem: InfluenceProblem) -> None:
-    scores = cls().fit(problem).scores(problem)
+    scores = fitted(cls, problem).scores(problem)
     assert tuple(scores.shape) == (problem.n_test, problem.n_train), (
         f"scores must be [n_test, n_train] = {(problem.n_test, problem.n_train)}, got {tuple(scores.shape)}")
     assert scores.dtype == torch.float64, f"scores must be float64, got {scores.dtype}"
@@ -100,7 +109,7 @@ def check_scores_shape_dtype_finite(cls: type[Entry], problem: InfluenceProblem)
 
 def check_scores_use_the_inverse(cls: type[Entry], problem: InfluenceProblem) -> None:
     """s = - g_test (C + damping I)^-1 g_train^T, at two dampings, also for a subset of queries."""
-    entry = cls().fit(problem)
+    entry = fitted(cls, problem)
     if entry.has("scores"):
         return  # an entry with scores of its own is checked against its own reference
     for damping in (entry.damping, 1e-1):
@@ -115,7 +124,7 @@ def check_scores_use_the_inverse(cls: type[Entry], problem: InfluenceProblem) ->
 
 def check_inverse_matches_dense_solve(cls: type[Entry], problem: InfluenceProblem) -> None:
     """(C + damping I)^-1 v against a dense eigen-solve of the entry's own curvature, eps-truncated."""
-    entry = cls().fit(problem)
+    entry = fitted(cls, problem)
     if not (entry.has("eigen") or entry.has("operator")):
         return  # no curvature: nothing to solve against (the inverse is declared, e.g. the identity)
     dense = _own_curvature(entry, problem)
@@ -134,7 +143,7 @@ def check_inverse_matches_dense_solve(cls: type[Entry], problem: InfluenceProble
 
 def check_large_damping_gives_gradient_dot_product(cls: type[Entry], problem: InfluenceProblem) -> None:
     """As damping grows, damping * s -> - g_test^T g_train (the curvature stops mattering)."""
-    entry = cls().fit(problem)
+    entry = fitted(cls, problem)
     if not entry.has_damping or entry.has("scores"):
         return
     scale = float(torch.linalg.norm(_own_curvature(entry, problem), ord=2)) if (

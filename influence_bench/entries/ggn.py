@@ -14,7 +14,7 @@ class GGN(DenseEntry):
     uses = frozenset({"ggn"})
 
     def fit(self, problem):
-        self.eigen_ = EigenCurvature.from_dense(problem.ggn)
+        self.eigen_ = problem.ggn_eigen  # the run's one eigendecomposition of the GGN, shared with the reference
         return self
 
 

@@ -41,6 +41,7 @@ class GGNReference:
     fro_sq: float  # ||G||_F^2
     layer_eigvals: list[torch.Tensor] | None = None  # eigenvalues of each layer's block (exact only)
     ggn: torch.Tensor | None = None  # the dense G (exact only)
+    ggn_eigvecs: torch.Tensor | None = None  # all eigenvectors of G, columns by ascending eigenvalue (exact only)
 
     def save(self, path: Path) -> None:
         torch.save(dataclasses.asdict(self), path)
@@ -57,21 +58,10 @@ def estimate_queries(n_test: int, k: int = ESTIMATE_QUERIES, seed: int = ESTIMAT
 
 
 def lanczos_top(matvec_rows, dim: int, k: int, seed: int = ESTIMATE_SEED) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k eigenpairs of a symmetric operator by Lanczos (scipy's ARPACK eigsh), descending.
+    """Top-k eigenpairs (descending) of a symmetric operator by Lanczos (ARPACK); k < P."""
+    from influence_bench.curvature.krylov import top_eigenpairs
 
-    matvec_rows: [m, P] -> [m, P]. Returns eigenvalues [k] and eigenvectors [P, k].
-    """
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    def matvec(v: np.ndarray) -> np.ndarray:
-        rows = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(1, -1))
-        return matvec_rows(rows)[0].numpy()
-
-    op = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(dim)
-    lam, vecs = eigsh(op, k=min(k, dim - 1), which="LA", v0=v0)
-    order = np.argsort(lam)[::-1]
-    return torch.as_tensor(lam[order].copy()), torch.as_tensor(vecs[:, order].copy())
+    return top_eigenpairs(matvec_rows, dim, min(k, dim - 1), seed)
 
 
 def build_reference(problem: InfluenceProblem, damping: float, eps: float = DEFAULT_EPS) -> GGNReference:
@@ -81,13 +71,14 @@ def build_reference(problem: InfluenceProblem, damping: float, eps: float = DEFA
 
 def exact_reference(problem: InfluenceProblem, damping: float, eps: float = DEFAULT_EPS) -> GGNReference:
     ggn = problem.ggn
-    lam, q = torch.linalg.eigh(ggn)
+    block = problem.ggn_eigen.blocks[0]
+    lam, q = block.eigvals, block.eigvecs
     queries = torch.arange(problem.n_test)
     ihvp = ((problem.test_grads @ q) * truncated_inverse(lam, damping, eps)) @ q.T
     k = min(TOP_K, problem.n_params)
     layer_eigvals = [torch.linalg.eigvalsh(ggn[s, s]) for s in problem.layer_slices]
     return GGNReference(True, damping, eps, queries, ihvp, -ihvp @ problem.train_grads.T, lam.flip(0),
-                        q[:, -k:].flip(1).contiguous(), float(ggn.square().sum()), layer_eigvals, ggn)
+                        q[:, -k:].flip(1).contiguous(), float(ggn.square().sum()), layer_eigvals, ggn, q)
 
 
 def estimated_reference(problem: InfluenceProblem, damping: float, eps: float = DEFAULT_EPS) -> GGNReference:

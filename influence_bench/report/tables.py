@@ -431,6 +431,7 @@ def cost_table(results: pd.DataFrame, order: list[str]) -> pd.DataFrame:
                 spread_text).to_numpy()
     shared = results[(results.entry == SHARED_GRADIENTS) & (results.track == "cost")]
     labels = {"gradient_s": "(shared) per-example gradients", "ggn_s": "(shared) dense exact GGN",
+              "ggn_eigen_s": "(shared) eigendecomposition of the GGN",
               "hessian_s": "(shared) dense exact Hessian", "reference_s": "(shared) GGN reference for the metrics"}
     extra = [{"entry": label, "fit (s)": significant(value), "score (s)": "—", "score spread": "—",
               "total (s)": significant(value), "peak memory (MB)": "—"}

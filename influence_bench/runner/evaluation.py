@@ -256,6 +256,7 @@ def evaluate_entry(entry: Entry, problem: InfluenceProblem, gt: LDSGroundTruth, 
     more_rows, more_points = lds_rows(name, "tuned", scores_tuned[held_out], gt, held_out, tuned, message=note)
     rows, points = rows + more_rows, points + more_points
 
+    peak_mb = peak_rss_mb()  # the entry's own work (fit, scores, tuning), before the metrics load the reference
     try:
         rows += metric_rows(entry, problem, settings, reference(), scores_fixed, ihvp)
     except Exception as exc:  # noqa: BLE001 - its valid scores are kept, its row says what failed
@@ -271,7 +272,7 @@ def evaluate_entry(entry: Entry, problem: InfluenceProblem, gt: LDSGroundTruth, 
              schema.row(name, "cost", "score_cpu_s", score_t.cpu_s, False),
              schema.row(name, "cost", "score_s_spread", spread, False),
              schema.row(name, "cost", "total_s", fit_t.wall_s + float(np.median(repeats)), False),
-             schema.row(name, "cost", "peak_rss_mb", peak_rss_mb(), False, message=memory_note)]
+             schema.row(name, "cost", "peak_rss_mb", peak_mb, False, message=memory_note)]
     return EntryResult(name, "ok", "", rows, grid, points, layer_spectra(entry, problem), scores_fixed, scores_tuned)
 
 

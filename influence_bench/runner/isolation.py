@@ -105,6 +105,7 @@ def share_dense(problem, entry: Entry, workdir: Path, reference) -> None:
     """Give the problem the run's dense GGN / Hessian where the entry reads them (mapped, not copied)."""
     if "ggn" in entry.uses and reference.ggn is not None:
         problem.share("ggn", reference.ggn)
+        problem.share_ggn_eigen(reference.eigvals.flip(0), reference.ggn_eigvecs)
     if "hessian" in entry.uses and (workdir / HESSIAN_FILE).exists():
         problem.share("hessian", torch.load(workdir / HESSIAN_FILE, weights_only=True, mmap=True))
 

@@ -1,5 +1,5 @@
-"""What a run computes once and shares between entries: the dense exact GGN and Hessian (below the
-dense limit) and the GGN reference of the fidelity metrics, each timed once (PROTOCOL.md section 8:
+"""What a run computes once and shares between entries: the dense exact GGN, its eigendecomposition
+and the dense Hessian (below the dense limit) and the GGN reference of the fidelity metrics, each timed once (PROTOCOL.md section 8:
 shared work is timed separately, not charged to the entries that read it)."""
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ def prepare_shared(problem: InfluenceProblem, damping: float, eps: float,
         start = time.perf_counter()
         _ = problem.ggn
         times["ggn_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        _ = problem.ggn_eigen
+        times["ggn_eigen_s"] = time.perf_counter() - start
         if "hessian" in needs:
             start = time.perf_counter()
             _ = problem.hessian
