@@ -88,8 +88,13 @@ def _say(message: str, progress: bool) -> None:
 def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, preset: str = "standard", *,
         out: str | Path | None = None, isolate: bool = True, cache_dir: str | Path | None = None,
         device: str = "cpu", plugins: Sequence[str] = (), damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS,
-        dense_limit: int | None = None, entry_timeout_s: float = ENTRY_TIMEOUT_S, progress: bool = True) -> RunResults:
-    """Run entries against a task's ground truth (built first if it is not cached) and return the results."""
+        dense_limit: int | None = None, entry_timeout_s: float = ENTRY_TIMEOUT_S, jobs: int = 1,
+        progress: bool = True) -> RunResults:
+    """Run entries against a task's ground truth (built first if it is not cached) and return the results.
+
+    jobs: entries evaluated at once, each in its own process with cores // jobs threads (isolated
+    runs only); their times are then those of a process with that many threads beside the others.
+    """
     from influence_bench.groundtruth import build_lds_groundtruth, get_preset, reference_model
     from influence_bench.metrics.reference import GGNReference
     from influence_bench.problem import InfluenceProblem
@@ -101,6 +106,8 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     from influence_bench.tasks import get_task
 
     load_plugins(list(plugins))
+    if jobs < 1 or (jobs > 1 and not isolate):
+        raise ValueError(f"jobs={jobs}: use jobs >= 1, and jobs > 1 only with isolate=True")
     spec, chosen_preset = get_task(task), get_preset(preset)
     chosen = resolve_entries(entries, damping, eps)
     cache = Path(cache_dir) if cache_dir else None
@@ -134,19 +141,21 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
             reference, shared_times = prepare_shared(problem, damping, eps, needs)
             load_reference = lambda: reference  # noqa: E731
 
-        results = []
-        bar = tqdm(chosen, desc="entries", unit="entry", disable=not progress)
-        for e in bar:
-            name = e if isinstance(e, str) else e.name
-            bar.set_postfix_str(name)
-            if isolate:
-                results.append(isolation.evaluate_isolated(workdir, e, entry_timeout_s))
-                continue
-            try:
-                entry = get_entry(e)(damping=damping, eps=eps) if isinstance(e, str) else e
-                results.append(evaluate_entry(entry, problem, gt, settings, load_reference, isolated=False))
-            except Exception as exc:  # noqa: BLE001 - one entry's failure must not lose the others'
-                results.append(failed(name, f"{type(exc).__name__}: {exc}"))
+        bar = tqdm(total=len(chosen), desc="entries", unit="entry", disable=not progress)
+        if isolate:
+            results = isolation.evaluate_all_isolated(workdir, chosen, entry_timeout_s, jobs, on_done=bar.update)
+        else:
+            results = []
+            for e in chosen:
+                name = e if isinstance(e, str) else e.name
+                bar.set_postfix_str(name)
+                try:
+                    entry = get_entry(e)(damping=damping, eps=eps) if isinstance(e, str) else e
+                    results.append(evaluate_entry(entry, problem, gt, settings, load_reference, isolated=False))
+                except Exception as exc:  # noqa: BLE001 - one entry's failure must not lose the others'
+                    results.append(failed(name, f"{type(exc).__name__}: {exc}"))
+                bar.update()
+        bar.close()
         ggn_spectra = {f"ggn/layer{i}": np.sort(e.numpy()) for i, e in enumerate(load_reference().layer_eigvals or [])}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -172,7 +181,8 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     if out_dir is not None:
         manifest = {"config": {"task": task, "preset": preset, "entries": [e if isinstance(e, str) else repr(e)
                                                                              for e in chosen],
-                               "isolate": isolate, "damping": damping, "eps": eps, "dense_limit": problem.dense_limit,
+                               "isolate": isolate, "jobs": jobs, "damping": damping, "eps": eps,
+                               "dense_limit": problem.dense_limit,
                                "device": device, "plugins": list(plugins)},
                     **meta, "reference": "exact" if problem.dense_allowed else "estimated",
                     "parent_peak_rss_mb": parent_peak,

@@ -120,6 +120,7 @@ def run(
     damping: float = typer.Option(1e-4, "--damping", help="Damping of the fixed track (the paper's 1e-4)."),
     dense_limit: Optional[int] = typer.Option(None, "--dense-limit", help="Largest parameter count for dense [P, P] matrices (default: $INFLUENCE_BENCH_DENSE_LIMIT or 10,000); above it, operators and estimates."),
     isolate: bool = typer.Option(True, "--isolate/--in-process", help="Each entry in a process of its own (default), or all in this one."),
+    jobs: int = typer.Option(1, "--jobs", help="Entries evaluated at once (isolated runs), each with cores // jobs threads."),
     entry_timeout: float = typer.Option(3600, "--entry-timeout", help="Seconds before an entry is stopped and marked failed."),
 ):
     """Run entries against a task's ground truth (built first if missing) and write a results directory."""
@@ -134,6 +135,8 @@ def run(
         from influence_bench.api import resolve_entries
 
         resolve_entries(names, damping, 1e-6)
+        if jobs < 1 or (jobs > 1 and not isolate):
+            raise ValueError(f"--jobs {jobs}: use --jobs >= 1, and more than 1 only with --isolate")
     except (UnknownTaskError, UnknownPresetError, PluginError, UnknownEntryError, ValueError) as exc:
         fail(str(exc))
     device = check_device(device)
@@ -143,7 +146,7 @@ def run(
     start = time.perf_counter()
     results = run_benchmark(task, names, preset, out=out_dir, isolate=isolate, cache_dir=cache_dir, device=device,
                             plugins=plugin_list, damping=damping, dense_limit=dense_limit,
-                            entry_timeout_s=entry_timeout)
+                            entry_timeout_s=entry_timeout, jobs=jobs)
     print_lds_tables(results.table, damping)
     console.print(f"{time.perf_counter() - start:.0f} s; peak memory of this process "
                   f"{results.parent_peak_rss_mb:.0f} MB")

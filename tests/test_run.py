@@ -191,6 +191,19 @@ def test_in_process_run_without_a_dense_ggn(plugin_env, monkeypatch):
     assert ("cg", "cg_iterations_max") in table.index
 
 
+def test_entries_in_parallel_processes_give_the_in_process_results(plugin_env):
+    """--jobs 2 runs two entry processes at once; the scores, and so every LDS, are those of one process."""
+    kwargs = dict(preset="smoke", progress=False, plugins=["bench_plugins"])
+    parallel = influence_bench.run("digits-tiny", ["identity", "kfac", "diag-ggn"], jobs=2, **kwargs)
+    alone = influence_bench.run("digits-tiny", ["identity", "kfac", "diag-ggn"], isolate=False, **kwargs)
+    for entry in ("identity", "kfac", "diag-ggn"):
+        ours, theirs = parallel.scores(entry), alone.scores(entry)
+        assert np.allclose(ours, theirs, rtol=1e-9, atol=1e-12 * np.abs(theirs).max())  # thread counts differ
+    assert parallel.lds("tuned").to_dict() == pytest.approx(alone.lds("tuned").to_dict(), abs=1e-9)
+    with pytest.raises(ValueError, match="isolate"):
+        influence_bench.run("digits-tiny", ["identity"], jobs=2, isolate=False, **kwargs)
+
+
 # -- tuning on a synthetic LDS curve ----------------------------------------------------------------
 class SyntheticCurve:
     """An entry whose scores are the true effects plus noise that grows with |log10(damping / best)|."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 RowsMatvec = Callable[[torch.Tensor], torch.Tensor]  # [k, P] -> [k, P]
+EIGSH_TOL = 1e-6  # relative accuracy of the Ritz values (ARPACK's default, 0, means machine precision)
 
 
 @dataclass
@@ -106,7 +107,7 @@ def top_eigenpairs(matvec: RowsMatvec, dim: int, k: int, seed: int = 0) -> tuple
 
         operator = LinearOperator((dim, dim), matvec=apply, dtype=np.float64)
         start = np.random.default_rng(seed).standard_normal(dim)
-        found_vals, found_vecs = eigsh(operator, k=k, which="LA", v0=start)
+        found_vals, found_vecs = eigsh(operator, k=k, which="LA", v0=start, tol=EIGSH_TOL)
         eigvals, eigvecs = torch.from_numpy(found_vals), torch.from_numpy(np.ascontiguousarray(found_vecs))
     order = torch.argsort(eigvals, descending=True)
     return eigvals[order].to(torch.float64), eigvecs[:, order].to(torch.float64).contiguous()

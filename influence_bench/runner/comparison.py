@@ -10,11 +10,18 @@ import numpy as np
 import pandas as pd
 
 from influence_bench.groundtruth.lds import LDSGroundTruth
-from influence_bench.schema import BOOTSTRAP_TRACKS, bootstrap_key
-from influence_bench.metrics.decomposition import basis_eigenvalue_split, chain_table
+from influence_bench.metrics.decomposition import CHAIN, HYBRID, basis_eigenvalue_split, chain_table
 from influence_bench.metrics.lds import predicted_subset_effects
 from influence_bench.metrics.paired import PairedBootstrap, PairedResamples
 from influence_bench.runner.evaluation import EntryResult, dev_eval_split
+from influence_bench.schema import BOOTSTRAP_TRACKS, RANKING_ALPHA, bootstrap_key
+
+CHAIN_ENTRIES = frozenset(CHAIN) | {HYBRID}  # the rungs of the chain: compared at every track and alpha
+
+
+def needs_bootstrap(track: str, alpha: float, entry: str) -> bool:
+    """What the report compares: every entry on the ranking's track and alpha, the chain's rungs everywhere."""
+    return entry in CHAIN_ENTRIES or (track == "tuned" and abs(alpha - RANKING_ALPHA) < 1e-9)
 
 
 def paired_bootstrap(results: list[EntryResult], gt: LDSGroundTruth, n_test: int) -> dict[str, np.ndarray]:
@@ -26,9 +33,12 @@ def paired_bootstrap(results: list[EntryResult], gt: LDSGroundTruth, n_test: int
     for track, (scores_of, which) in BOOTSTRAP_TRACKS.items():
         q = queries[which]
         for a, alpha in enumerate(gt.alphas):
+            wanted = [r for r in ok if needs_bootstrap(track, float(alpha), r.name)]
+            if not wanted:
+                continue
             resamples = PairedResamples.draw(gt.masks.shape[1], len(q), seed=a)
             boot = PairedBootstrap(gt.targets[a][:, q], resamples)
-            for r in ok:
+            for r in wanted:
                 scores = r.scores_fixed if scores_of == "fixed" else r.scores_tuned
                 out[bootstrap_key(track, float(alpha), r.name)] = boot.lds(predicted_subset_effects(scores[q], gt.masks[a]))
     return out

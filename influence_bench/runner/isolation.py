@@ -138,8 +138,13 @@ def instantiate(out: Path, name: str, job: Job) -> Entry:
 
 
 # -- in the parent ----------------------------------------------------------------------------------
-def _run(workdir: Path, args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+THREADS_ENV = "INFLUENCE_BENCH_THREADS"
+
+
+def _run(workdir: Path, args: list[str], timeout_s: float, threads: int | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore::DeprecationWarning")
+    if threads:
+        env.update({THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)})
     return subprocess.run([sys.executable, "-m", "influence_bench.runner.isolation", str(workdir), *args],
                           capture_output=True, text=True, timeout=timeout_s, env=env)
 
@@ -160,7 +165,29 @@ def build_reference_isolated(workdir: Path, timeout_s: float) -> tuple[Path, dic
     return workdir / REFERENCE_FILE, json.loads((workdir / SHARED_TIMES_FILE).read_text())
 
 
-def evaluate_isolated(workdir: Path, entry: str | Entry, timeout_s: float) -> EntryResult:
+def evaluate_all_isolated(workdir: Path, entries: list, timeout_s: float, jobs: int = 1,
+                          on_done=lambda: None) -> list[EntryResult]:
+    """Every entry in its own process, ``jobs`` at a time (each with cores // jobs threads); in order."""
+    if jobs == 1:
+        out = []
+        for e in entries:
+            out.append(evaluate_isolated(workdir, e, timeout_s))
+            on_done()
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def one(e):
+        result = evaluate_isolated(workdir, e, timeout_s, threads)
+        on_done()
+        return result
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait for their processes
+        return list(pool.map(one, entries))
+
+
+def evaluate_isolated(workdir: Path, entry: str | Entry, timeout_s: float, threads: int | None = None) -> EntryResult:
     name = entry if isinstance(entry, str) else entry.name
     out = entry_dir(workdir, name)
     shutil.rmtree(out, ignore_errors=True)
@@ -172,7 +199,7 @@ def evaluate_isolated(workdir: Path, entry: str | Entry, timeout_s: float) -> En
             return failed(name, f"the entry object cannot be pickled for its own process ({type(exc).__name__}: "
                                 f"{exc}); register its class in an importable module, or run with isolate=False")
     try:
-        proc = _run(workdir, ["--entry", name], timeout_s)
+        proc = _run(workdir, ["--entry", name], timeout_s, threads)
     except subprocess.TimeoutExpired:
         return failed(name, f"timed out after {timeout_s:.0f} s (raise --entry-timeout)")
     if not (out / "result.json").exists():
@@ -183,6 +210,8 @@ def evaluate_isolated(workdir: Path, entry: str | Entry, timeout_s: float) -> En
 
 def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if os.environ.get(THREADS_ENV):
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))
     workdir = Path(argv[0])
     if argv[1] == "--reference":
         return build_reference_here(workdir)
