@@ -107,6 +107,9 @@ def test_lissa_full_batch_is_the_truncated_neumann_series(tiny_problem, rows):
     expected = ((rows @ q) * series) @ q.T
     entry = lissa.LiSSA(batch_size=None, depth=depth, scale=scale).fit(tiny_problem)
     assert relative_error(entry.inverse(rows, damping), expected) < 1e-10
+    # and curvlinops' deterministic Neumann series (its scale multiplies the operator: 1 / ours)
+    neumann = curvlinops_adapter.neumann_inverse(tiny_problem.ggn_operator, damping, num_terms=depth, scale=1 / scale)
+    assert relative_error(curvlinops_adapter.rows_matvec(neumann)(rows), expected) < 1e-10
     # the automatic full-batch scale is 1.5 (largest eigenvalue of G + damping)
     auto = lissa.LiSSA(batch_size=None, depth=1).fit(tiny_problem)
     assert auto._scale(damping) == pytest.approx(1.5 * (float(lam[-1]) + damping), rel=1e-6)

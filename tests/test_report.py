@@ -220,9 +220,9 @@ def paired(values: dict[str, float], seed: int = 0, own_sd: float = BOOT_OWN_SD)
 def test_borda_count_matches_a_hand_computed_example():
     names = pd.Index(["a", "b", "c"])
     boot = paired({"a": 0.50, "b": 0.49, "c": 0.30})  # a - b not resolved (+-0.03); both beat c
-    time = pd.Series([1.0, 1.2, 3.0], names)  # a, b: a tie (20% < 25%); c is 3x slower, but ...
-    spread = pd.Series([0.05, math.nan, 0.8], names)  # ... c's spread makes the margin 160%: 3.0 > 2.6 a, < 3.12 b
-    memory = pd.Series([1000.0, 1090.0, 400.0], names)  # a, b: a tie (1090 < 1150); c beats both
+    time = pd.Series([10.0, 14.0, 35.0], names)  # a, b: a tie (14 < 2 x 10 + 1); c is 3.5x slower, but ...
+    spread = pd.Series([0.05, math.nan, 0.8], names)  # ... c's spread makes the margin 160%: 35 > 27 for a, < 37.4 for b
+    memory = pd.Series([1000.0, 1090.0, 400.0], names)  # a, b: a tie (1090 < 1000 x 1.25 + 50); c beats both
     fidelity = pd.Series([0.9, 0.9005, math.nan], names)  # a tie below 1e-3; c not applicable
     mismatch = pd.Series([0.10, 0.20, 0.1005], names)  # lower better: a and c beat b, a tie with each other
     wins = {"lds": tables.lds_wins(list(names), boot), "time": tables.time_wins(time, spread),
@@ -242,15 +242,16 @@ def test_resolved_lds_and_a_3x_time_difference_do_count():
     boot = paired({"a": 0.50, "b": 0.40})
     assert tables.lds_wins(["a", "b"], boot).to_numpy().tolist() == [[False, True], [False, False]]
     assert not tables.lds_wins(["a", "b"], paired({"a": 0.50, "b": 0.495})).to_numpy().any()
-    three_x = tables.time_wins(pd.Series([1.0, 3.0], names))
+    three_x = tables.time_wins(pd.Series([10.0, 30.0], names))
     assert three_x.to_numpy().tolist() == [[False, True], [False, False]]
-    assert not tables.time_wins(pd.Series([1.0, 1.2], names)).to_numpy().any()
+    assert not tables.time_wins(pd.Series([10.0, 19.0], names)).to_numpy().any()  # 2x + 1 s: 21
+    assert not tables.time_wins(pd.Series([0.1, 0.9], names)).to_numpy().any()  # 9x, but under a second
     # the spread widens the margin: 3x stays a win with a 50% spread (margin 100%), not with a 150% one
-    assert tables.time_wins(pd.Series([1.0, 3.0], names), pd.Series([0.5, math.nan], names)).loc["a", "b"]
-    assert not tables.time_wins(pd.Series([1.0, 3.0], names), pd.Series([1.5, 0.1], names)).any(axis=None)
+    assert tables.time_wins(pd.Series([10.0, 30.0], names), pd.Series([0.5, math.nan], names)).loc["a", "b"]
+    assert not tables.time_wins(pd.Series([10.0, 30.0], names), pd.Series([1.5, 0.1], names)).any(axis=None)
     assert tables.memory_wins(pd.Series([500.0, 1000.0], names)).loc["a", "b"]
-    assert not tables.memory_wins(pd.Series([500.0, 599.0], names)).any(axis=None)  # 10% + 50 MB: 600
-    assert tables.memory_wins(pd.Series([500.0, 601.0], names)).loc["a", "b"]
+    assert not tables.memory_wins(pd.Series([500.0, 674.0], names)).any(axis=None)  # 25% + 50 MB: 675
+    assert tables.memory_wins(pd.Series([500.0, 676.0], names)).loc["a", "b"]
     # ... and decide the Borda count
     points = tables.borda_points({"lds": tables.lds_wins(["a", "b"], boot), "time": three_x}, names)
     assert points.to_dict() == {"a": 2, "b": 0}
@@ -270,13 +271,13 @@ def test_competition_ranks_share_the_better_rank():
 def test_pareto_front_of_a_small_example():
     lds = {"fast": 0.30, "fast-tie": 0.305, "slow-best": 0.50, "slow-same": 0.31, "middle-worse": 0.20,
            "almost-as-slow": 0.40, "no-lds": math.nan}
-    time = pd.Series({"fast": 1.0, "fast-tie": 1.1, "slow-best": 3.0, "slow-same": 3.0, "middle-worse": 2.0,
-                      "almost-as-slow": 2.9, "no-lds": 0.1})
+    time = pd.Series({"fast": 10.0, "fast-tie": 11.0, "slow-best": 30.0, "slow-same": 30.0, "middle-worse": 20.0,
+                      "almost-as-slow": 29.0, "no-lds": 1.0})
     boot = paired({e: v for e, v in lds.items() if not math.isnan(v)})
     names = list(time.index)
     front = tables.pareto_front(time, pd.Series(lds), tables.time_wins(time), tables.lds_wins(names, boot))
     # fast-tie: neither resolved faster nor better than fast; almost-as-slow: faster than slow-best, but not
-    # resolved-faster (3.0 < 2.9 * 1.25), and resolved-worse; slow-same: resolved-slower than fast, not better
+    # resolved-faster (30 < 29 * 2 + 1), and resolved-worse; slow-same: resolved-slower than fast, not better
     assert front == ["fast", "fast-tie", "slow-best"]
 
 
@@ -293,7 +294,7 @@ def test_pareto_front_is_the_classical_one_where_every_difference_is_resolved_or
     """Times 3x apart (or equal) and LDS levels 0.1 apart (or equal): resolved and classical dominance agree."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 12))
-    time, score = 3.0 ** rng.integers(0, 4, n), 0.1 * rng.integers(0, 4, n)  # many ties
+    time, score = 10 * 3.0 ** rng.integers(0, 4, n), 0.1 * rng.integers(0, 4, n)  # many ties
     if n > 2:
         score[1] = math.nan  # an entry without a score is left out
     names = [f"e{i}" for i in range(n)]
@@ -305,8 +306,8 @@ def test_pareto_front_is_the_classical_one_where_every_difference_is_resolved_or
 
 
 def test_resolved_wins_are_a_tournament_where_every_difference_is_resolved():
-    """Values 2x apart: every pair of entries hands out exactly one point per metric."""
-    values = pd.Series(2.0 ** np.random.default_rng(1).permutation(6), [f"e{i}" for i in range(6)])
+    """Values 3x apart: every pair of entries hands out exactly one point per metric."""
+    values = pd.Series(10 * 3.0 ** np.random.default_rng(1).permutation(6), [f"e{i}" for i in range(6)])
     for wins in (tables.time_wins(values), tables.memory_wins(values * 100), tables.tolerance_wins(values, True)):
         matrix = wins.to_numpy()
         assert ((matrix | matrix.T) == ~np.eye(6, dtype=bool)).all() and not (matrix & matrix.T).any()

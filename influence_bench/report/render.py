@@ -125,7 +125,7 @@ def ranking_text(rank: pd.DataFrame, boot: tables.Bootstrap) -> str:
             "entry it beats on each metric, and only a resolved win counts: LDS when the paired interval of the "
             "difference is above 0; total time when the slower entry takes more than "
             f"max({percent(tables.TIME_MARGIN)}, {tables.SPREAD_FACTOR:g} × the larger run-to-run spread of the "
-            "pair's repeated score timing) longer; peak memory when the larger exceeds the smaller by more than "
+            f"pair's repeated score timing) and {tables.TIME_FLOOR_S:g} s longer; peak memory when the larger exceeds the smaller by more than "
             f"{percent(tables.MEMORY_MARGIN)} + {tables.MEMORY_FLOOR_MB:g} MB; fidelity and eigval_mismatch when "
             f"better by more than {tables.DETERMINISTIC_TOLERANCE:g}. n/a scores nothing; ~ marks a value computed "
             "from an estimate.")
