@@ -60,6 +60,15 @@ class SpeedupBatchedTraining:
     track_speedup_256_half_data_models.unit = "x"
 
 
+def digits_problem():
+    """The cached reference model of digits-mlp as an influence problem."""
+    from influence_bench.groundtruth import reference_model
+    from influence_bench.problem import InfluenceProblem
+
+    spec = get_task("digits-mlp")
+    return InfluenceProblem(reference_model(spec), spec.data)
+
+
 class SpeedupExactGGN:
     """Dense exact GGN of digits-mlp from stacked Jacobians vs curvlinops' GGNLinearOperator @ I."""
 
@@ -68,11 +77,7 @@ class SpeedupExactGGN:
     repeat = 1
 
     def setup(self):
-        from influence_bench.groundtruth import reference_model
-        from influence_bench.problem import InfluenceProblem
-
-        spec = get_task("digits-mlp")
-        self.problem = InfluenceProblem(reference_model(spec), spec.data)
+        self.problem = digits_problem()
 
     def track_speedup_over_curvlinops(self):
         from influence_bench.curvature import curvlinops_adapter
@@ -106,11 +111,7 @@ class SpeedupSharedKrylovCG:
     repeat = 1
 
     def setup(self):
-        from influence_bench.groundtruth import reference_model
-        from influence_bench.problem import InfluenceProblem
-
-        spec = get_task("digits-mlp")
-        self.problem = InfluenceProblem(reference_model(spec), spec.data)
+        self.problem = digits_problem()
         self.rows = self.problem.test_grads[:16]
         self.dampings = [1e-4 * 10 ** (k / 2) for k in range(10)]
 

@@ -122,11 +122,11 @@ def cg_solve(operator: PyTorchLinearOperator, rows: torch.Tensor, damping: float
     calls = [0]
     matvec = rows_matvec(operator)
 
-    def shifted_rows(v: torch.Tensor) -> torch.Tensor:
+    def counted(v: torch.Tensor) -> torch.Tensor:
         calls[0] += 1
-        return matvec(v) + damping * v
+        return matvec(v)
 
-    shifted = as_operator(shifted_rows, operator.shape[0], operator.dtype)
+    shifted = damped(as_operator(counted, operator.shape[0], operator.dtype), damping)
     inverse = CGInverseLinearOperator(shifted, tolerance=tol, max_iter=max_iter, max_tridiag_iter=0, eps=1e-30)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="CG terminated")  # the iteration count says so

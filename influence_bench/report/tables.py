@@ -43,8 +43,6 @@ MEMORY_MARGIN = 0.25
 MEMORY_FLOOR_MB = 50.0
 # fidelity and eigval_mismatch are deterministic but float32 curvature moves them in the 4th decimal.
 DETERMINISTIC_TOLERANCE = 1e-3
-# the bootstrap tracks: tuned and fixed as in the results table, and fixed damping on the tuned track's queries
-BOOTSTRAP_TRACKS = tuple(schema.BOOTSTRAP_TRACKS)
 
 # ranking column -> (track, metric, alpha): the metrics of the ranking table, each one Borda count vote
 BORDA_METRICS: dict[str, tuple[str, str, float | None]] = {
