@@ -64,13 +64,15 @@ class RunResults:
 
 
 def resolve_entries(entries: Sequence[str | Entry] | None, damping: float, eps: float) -> list[str | Entry]:
-    """Registered names stay names (each process builds its own); unknown names fail before any work."""
-    from influence_bench.entries import ENTRIES, get_entry
+    """Registered names stay names (each process builds its own), in canonical form
+    (``kfac[separate=true,fisher=mc]`` -> ``kfac[fisher=mc,separate=true]``); unknown names, parameters
+    or values fail before any work."""
+    from influence_bench.entries import ENTRIES, make_entry
 
     chosen = list(entries) if entries else list(ENTRIES)
-    for e in chosen:
+    for i, e in enumerate(chosen):
         if isinstance(e, str):
-            get_entry(e)  # raises UnknownEntryError with the valid names
+            chosen[i] = make_entry(e, damping, eps).name  # raises UnknownEntryError saying what is valid
         elif not isinstance(e, Entry):
             raise TypeError(f"entries must be registered names or Entry objects, not {type(e).__name__}")
     names = [e if isinstance(e, str) else e.name for e in chosen]
@@ -120,7 +122,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     train_grads, test_grads = problem.train_grads, problem.test_grads
     gradient_s, gradient_cpu_s = time.perf_counter() - start_wall, time.process_time() - start_cpu
     settings = EvalSettings(damping, eps)
-    from influence_bench.entries import get_entry
+    from influence_bench.entries import get_entry, make_entry
     from influence_bench.runner.shared import prepare_shared, shared_needs
 
     needs = shared_needs(get_entry(e) if isinstance(e, str) else type(e) for e in chosen)
@@ -150,7 +152,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
                 name = e if isinstance(e, str) else e.name
                 bar.set_postfix_str(name)
                 try:
-                    entry = get_entry(e)(damping=damping, eps=eps) if isinstance(e, str) else e
+                    entry = make_entry(e, damping=damping, eps=eps) if isinstance(e, str) else e
                     results.append(evaluate_entry(entry, problem, gt, settings, load_reference, isolated=False))
                 except Exception as exc:  # noqa: BLE001 - one entry's failure must not lose the others'
                     results.append(failed(name, f"{type(exc).__name__}: {exc}"))
@@ -165,6 +167,9 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
              schema.row(schema.SHARED_GRADIENTS, "cost", "gradient_cpu_s", gradient_cpu_s, False)]
     rows += [schema.row(schema.SHARED_GRADIENTS, "cost", key, value, False) for key, value in shared_times.items()]
     table = pd.DataFrame(rows, columns=list(schema.ROW_COLUMNS))
+    points = {e: make_entry(e).params for e in chosen if isinstance(e, str)}
+    points.update({e.name: getattr(e, "params", {}) for e in chosen if not isinstance(e, str)})
+    table = schema.with_parameter_columns(table, points)
     meta = {"task": spec.name, "task_version": spec.version, "task_fingerprint": spec.fingerprint[:16],
             "preset": chosen_preset.name, "n_masks": chosen_preset.n_masks, "n_seeds": chosen_preset.n_seeds,
             "seeds": f"split={spec.split_seed} masks={spec.mask_seed} retrain=0..{chosen_preset.n_seeds - 1} "

@@ -27,6 +27,17 @@ TaskOption = typer.Option(DEFAULT_TASK, "--task", help="Task name (see `influenc
 PresetOption = typer.Option("standard", "--preset", help=f"Ground-truth preset: {', '.join(PRESETS)}.")
 CacheOption = typer.Option(None, "--cache-dir", help=f"Cache directory (default: ${CACHE_ENV} or the user cache).")
 DeviceOption = typer.Option("cpu", "--device", help="Torch device for training: cpu or cuda.")
+AlphasOption = typer.Option(None, "--alphas", help="Comma-separated subset of the preset's alphas "
+                            "(e.g. 0.5: the paper preset at one alpha); its own ground truth.")
+
+
+def parse_alphas(text: Optional[str]) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(float(a) for a in text.split(",") if a.strip())
+    except ValueError:
+        fail(f"--alphas {text!r}: give numbers separated by commas, e.g. 0.5 or 0.3,0.9")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -83,13 +94,16 @@ def groundtruth(
     preset: str = PresetOption,
     cache_dir: Optional[Path] = CacheOption,
     device: str = DeviceOption,
+    loo: bool = typer.Option(False, "--loo/--no-loo", help="Also build the leave-one-out ground truth and print its ceiling."),
+    alphas: Optional[str] = AlphasOption,
 ):
-    """Build (or load from the cache) the LDS ground truth of a task and print its noise ceiling."""
+    """Build (or load from the cache) the LDS ground truth of a task and print its noise ceiling;
+    with ``--loo`` also the leave-one-out ground truth and its ceiling."""
     from influence_bench.groundtruth.lds import build_lds_groundtruth, groundtruth_dir
     from influence_bench.metrics.lds import noise_ceiling
 
     try:
-        spec, chosen = get_task(task), get_preset(preset)
+        spec, chosen = get_task(task), get_preset(preset).with_alphas(parse_alphas(alphas))
     except (UnknownTaskError, UnknownPresetError) as exc:
         fail(str(exc))
     device = check_device(device)
@@ -100,11 +114,30 @@ def groundtruth(
     gt = build_lds_groundtruth(spec, chosen, cache_dir, device=device)
     elapsed = time.perf_counter() - start
     table = Table(title=f"noise ceiling (split-half Spearman-Brown), {elapsed:.1f} s", title_justify="left")
-    for column in ("alpha", "ceiling", "95% CI", "undefined test points"):
+    for column in ("alpha", "ceiling", "95% CI", "clipped test points", "undefined test points"):
         table.add_column(column)
     for a, alpha in enumerate(gt.alphas):
         c = noise_ceiling(gt.losses[a])
-        table.add_row(f"{alpha:.1f}", f"{c.mean:.3f}", f"[{c.ci_low:.3f}, {c.ci_high:.3f}]", str(c.n_undefined))
+        table.add_row(f"{alpha:.1f}", f"{c.mean:.3f}", f"[{c.ci_low:.3f}, {c.ci_high:.3f}]", str(c.n_clipped),
+                      str(c.n_undefined))
+    console.print(table)
+    if not loo:
+        return
+    from influence_bench.groundtruth.loo import build_loo_groundtruth, loo_dir
+    from influence_bench.metrics.loo import loo_noise_ceiling
+
+    console.print(f"leave-one-out ground truth, {chosen.loo_points} removed points "
+                  f"({chosen.n_loo_trainings:,} trainings) in {loo_dir(spec, chosen, cache_dir)}")
+    start = time.perf_counter()
+    loo_gt = build_loo_groundtruth(spec, chosen, cache_dir, device=device)
+    elapsed = time.perf_counter() - start
+    table = Table(title=f"leave-one-out noise ceiling (split-half Spearman-Brown), {elapsed:.1f} s",
+                  title_justify="left")
+    for column in ("correlation", "ceiling", "95% CI", "clipped test points", "undefined test points"):
+        table.add_column(column)
+    for name, c in loo_noise_ceiling(loo_gt).items():
+        table.add_row(name, f"{c.mean:.3f}", f"[{c.ci_low:.3f}, {c.ci_high:.3f}]", str(c.n_clipped),
+                      str(c.n_undefined))
     console.print(table)
 
 

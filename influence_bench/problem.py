@@ -67,6 +67,17 @@ class InfluenceProblem:
     def layer_slices(self) -> list[slice]:
         return exact.layer_slices(self.model)
 
+    @cached_property
+    def tensor_slices(self) -> list[slice]:
+        """One slice per parameter tensor (a layer's weight and its bias apart)."""
+        return exact.tensor_slices(self.model)
+
+    def block_slices(self, by: str) -> list[slice]:
+        """The slices of a block-diagonal curvature: ``by="layer"`` or ``"tensor"``."""
+        if by not in ("layer", "tensor"):
+            raise ValueError(f"blocks by {by!r}; use layer or tensor")
+        return self.layer_slices if by == "layer" else self.tensor_slices
+
     @property
     def dense_allowed(self) -> bool:
         return self.n_params <= self.dense_limit
@@ -134,9 +145,16 @@ class InfluenceProblem:
     @cached_property
     def ggn_layer_blocks(self) -> list[torch.Tensor]:
         """The per-layer diagonal blocks of the GGN (sliced from it when it exists, else computed alone)."""
+        return self.ggn_blocks("layer")
+
+    def ggn_blocks(self, by: str = "layer") -> list[torch.Tensor]:
+        """The GGN's diagonal blocks per layer or per tensor (sliced from it when it exists)."""
+        slices = self.block_slices(by)
         if "ggn" in self.__dict__:
-            return self.layer_blocks(self.ggn)
-        return exact.exact_ggn_blocks(self.model, self.x_train, self.layer_slices)
+            return [self.ggn[s, s] for s in slices]
+        if by == "layer" and "ggn_layer_blocks" in self.__dict__:
+            return self.__dict__["ggn_layer_blocks"]
+        return exact.exact_ggn_blocks(self.model, self.x_train, slices)
 
     @cached_property
     def ggn_diagonal(self) -> torch.Tensor:
@@ -177,5 +195,5 @@ class InfluenceProblem:
     def is_computed(self, name: str) -> bool:
         return name in self.__dict__
 
-    def layer_blocks(self, matrix: torch.Tensor) -> list[torch.Tensor]:
-        return [matrix[s, s] for s in self.layer_slices]
+    def layer_blocks(self, matrix: torch.Tensor, by: str = "layer") -> list[torch.Tensor]:
+        return [matrix[s, s] for s in self.block_slices(by)]

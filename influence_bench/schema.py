@@ -65,6 +65,23 @@ SPLIT_COLUMNS = ("track", "alpha", "change", "basis_first", "eigenvalues_first",
                  "shapley_ci_high", "share_of_block_to_kfac")
 
 
+PARAMETER_PREFIX = "param."  # one column per entry parameter: param.fisher, param.separate, ...
+
+
+def with_parameter_columns(table: pd.DataFrame, points: dict[str, dict]) -> pd.DataFrame:
+    """Add one ``param.NAME`` column per parameter of any entry in ``points`` (entry -> its full
+    parameter point), as text (``"mc"``, ``"true"``); empty for rows of entries without it."""
+    names = list(dict.fromkeys(k for params in points.values() for k in params))
+    for name in names:
+        values = {entry: str(params[name]).lower() for entry, params in points.items() if name in params}
+        table[PARAMETER_PREFIX + name] = table.entry.map(values).fillna("")
+    return table
+
+
+def parameter_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith(PARAMETER_PREFIX)]
+
+
 def bootstrap_key(track: str, alpha: float, entry: str) -> str:
     return f"{track}|{float(alpha):.1f}|{entry}"
 

@@ -62,3 +62,20 @@ def test_noise_ceiling_against_brute_force():
     assert np.allclose(result.per_point, expected) and np.isclose(result.mean, np.mean(expected))
     # pure noise has a low ceiling, no noise a perfect one
     assert noise_ceiling(np.repeat(signal, 4, axis=1)).mean == 1.0
+
+
+def test_noise_ceiling_clips_negative_split_halves_at_zero_and_counts_them():
+    # point 0: the halves agree (ceiling 1); point 1: the second half is the first reversed, a split-half
+    # Spearman of -1 that Spearman-Brown would send to -inf and that would drag the mean below 0
+    first = np.arange(10, dtype=np.float64)
+    losses = np.zeros((10, 2, 2))
+    losses[:, 0, 0] = losses[:, 1, 0] = first
+    losses[:, 0, 1], losses[:, 1, 1] = first, -first + 0.5 * np.sin(first)  # Spearman -1 exactly
+    result = noise_ceiling(losses)
+    assert result.per_point[0] == 1.0 and result.per_point[1] == 0.0
+    assert result.n_clipped == 1 and result.mean == 0.5
+    # a split-half correlation of -0.5 unclipped would give 2(-0.5)/(1-0.5) = -2
+    rng = np.random.default_rng(0)
+    mixed = rng.normal(size=(40, 4, 30))
+    result = noise_ceiling(mixed)
+    assert (result.per_point >= 0).all() and result.n_clipped > 0

@@ -18,7 +18,6 @@ from influence_bench.cli import app
 from influence_bench.groundtruth import build_lds_groundtruth, get_preset, reference_model
 from influence_bench.groundtruth.lds import LDSGroundTruth
 from influence_bench.metrics.lds import lds
-from influence_bench.problem import InfluenceProblem
 from influence_bench.runner.evaluation import GRID_FACTORS, EvalSettings, dev_eval_split, tune
 
 TESTS = Path(__file__).parent

@@ -58,3 +58,30 @@ def test_stacked_loss_matches_module_loss(digits, digits_data):
     model = stack.model(1, digits)
     expected = torch.nn.functional.cross_entropy(model(digits_data.x_test), digits_data.y_test, reduction="none")
     assert torch.allclose(losses[1], expected.detach(), atol=1e-6)
+
+
+def test_cosine_schedule_batch_of_one_equals_the_torch_scheduler_loop(digits_data):
+    """The authors' CosineAnnealingLR recipe: the batched engine follows train_single (which steps
+    torch's own scheduler after every epoch), and the schedule changes the model."""
+    from influence_bench.tasks import get_task
+
+    cosine = get_task("digits-mlp-cosine")
+    recipe = short_recipe(cosine, epochs=4)
+    member = random_members(1, digits_data.n_train, 600, seed=5)
+    stack = train_batched(cosine, digits_data, member, [3], recipe)
+    assert _max_diff(stack, 0, train_single(cosine, digits_data, member[0], 3, recipe)) < 1e-5
+    constant = short_recipe(get_task("digits-mlp"), epochs=4)
+    assert _max_diff(stack, 0, train_single(cosine, digits_data, member[0], 3, constant)) > 1e-4
+    rates = recipe.learning_rates()
+    assert rates[0] == recipe.lr and rates[-1] < rates[1] < recipe.lr  # annealed, stepped per epoch
+
+
+def test_a_new_recipe_field_keeps_the_published_fingerprint(digits):
+    """Fields added after version 1 appear in the fingerprint only where they differ from their
+    default: digits-mlp v1's cache keys are the ones it always had."""
+    from influence_bench.tasks import get_task
+
+    assert "schedule" not in digits.to_dict()["recipe"]
+    assert get_task("digits-mlp-cosine").to_dict()["recipe"]["schedule"] == "cosine"
+    # the fingerprint digits-mlp v1 was published with (its cached ground truths are keyed by it)
+    assert digits.fingerprint == "3d55c53762196616df97deac5067bf7e91eb3add36da3dcd5581bde8655470ae"

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from influence_bench.curvature.eigen import EigenCurvature, KroneckerEigenBlock
+from influence_bench.curvature.eigen import DenseEigenBlock, EigenCurvature, KroneckerEigenBlock
 
 with warnings.catch_warnings():
     # curvlinops imports linear_operator, which warns about torch.jit.script at import time
@@ -26,6 +26,7 @@ with warnings.catch_warnings():
         EKFACLinearOperator,
         GGNLinearOperator,
         HessianLinearOperator,
+        KFACInverseLinearOperator,
         KFACLinearOperator,
         NeumannInverseLinearOperator,
         hutchinson_squared_fro,
@@ -33,7 +34,8 @@ with warnings.catch_warnings():
     )
     from curvlinops._torch_base import PyTorchLinearOperator
 
-FISHER_TYPES = {"type-2": "type-2", "mc": "mc"}  # exact GGN factors; one sampled label (curvlinops default)
+# exact GGN factors; sampled labels (curvlinops' default, one sample); the empirical Fisher (observed labels)
+FISHER_TYPES = {"type-2": "type-2", "mc": "mc", "empirical": "empirical"}
 DATA_BATCH = 512
 
 
@@ -153,9 +155,12 @@ def squared_fro_estimate(operator: PyTorchLinearOperator, num_matvecs: int = 50,
 
 
 # -- K-FAC and EK-FAC, as Kronecker eigen forms --------------------------------------------------
-def _kfac_kwargs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str) -> dict:
+def _kfac_kwargs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str, separate: bool = False,
+                 mc_samples: int = 1) -> dict:
     if fisher not in FISHER_TYPES:
         raise ValueError(f"unknown Fisher type {fisher!r}; use one of {sorted(FISHER_TYPES)}")
+    if mc_samples != 1 and fisher != "mc":
+        raise ValueError(f"mc_samples={mc_samples} applies to the MC Fisher only")
     model = _differentiable(model)
     return dict(
         model_func=model,
@@ -163,20 +168,46 @@ def _kfac_kwargs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str
         params=[p for p in model.parameters()],
         data=_batches(x, y),
         fisher_type=FISHER_TYPES[fisher],
-        separate_weight_and_bias=False,
+        mc_samples=mc_samples,
+        separate_weight_and_bias=separate,
         check_deterministic=False,
         num_data=x.shape[0],
         num_per_example_loss_terms=1,
     )
 
 
-def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2"):
-    """Per layer (A, G): A = E[a a^T] of the augmented input [in+1, in+1], G of the output gradients
-    [out, out], both for the MEAN loss (K-FAC block = G (x) A in the joint [W | b] order)."""
-    kfac = KFACLinearOperator(**_kfac_kwargs(model, x, y, fisher))
+def kfac_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2",
+                  separate: bool = False, mc_samples: int = 1) -> KFACLinearOperator:
+    """curvlinops' own K-FAC operator (the reference the suite's eigen forms are tested against)."""
+    return KFACLinearOperator(**_kfac_kwargs(model, x, y, fisher, separate, mc_samples))
+
+
+def ekfac_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2",
+                   separate: bool = False, mc_samples: int = 1) -> EKFACLinearOperator:
+    return EKFACLinearOperator(**_kfac_kwargs(model, x, y, fisher, separate, mc_samples))
+
+
+def kfac_inverse_operator(kfac: KFACLinearOperator, damping: float, heuristic: bool) -> PyTorchLinearOperator:
+    """curvlinops' K-FAC inverse: exact damping, or the heuristic pi-damping of Martens and Grosse."""
+    return KFACInverseLinearOperator(kfac, damping=damping, use_heuristic_damping=heuristic,
+                                     use_exact_damping=not heuristic)
+
+
+def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2",
+                      separate: bool = False, mc_samples: int = 1):
+    """Per layer (A, G) for the MEAN loss. Joint: A = E[a a^T] of the input augmented with a 1
+    [in+1, in+1] (block G (x) A on ``[W | b]``); separate: A of the plain input [in, in] for W, and
+    the bias block is G alone."""
+    kfac = kfac_operator(model, x, y, fisher, separate, mc_samples)
     kfac.compute_kronecker_factors()
     state = kfac.state_dict()
     return [(state["input_covariances"][name], state["gradient_covariances"][name]) for name, _ in _linears(model)]
+
+
+def _tensor_slices(model: nn.Module) -> list[slice]:
+    from influence_bench.curvature.exact import tensor_slices
+
+    return tensor_slices(model)
 
 
 def _layer_slices(model: nn.Module) -> list[slice]:
@@ -185,25 +216,42 @@ def _layer_slices(model: nn.Module) -> list[slice]:
     return layer_slices(model)
 
 
-def kfac_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2") -> EigenCurvature:
-    """K-FAC in eigen form: per layer Q_G (x) Q_A with eigenvalues lam_G (x) lam_A."""
-    blocks = []
-    for (_, linear), (a, g) in zip(_linears(model), kronecker_factors(model, x, y, fisher)):
-        lam_a, q_a = torch.linalg.eigh(a)
-        lam_g, q_g = torch.linalg.eigh(g)
-        blocks.append(KroneckerEigenBlock(q_g, q_a, torch.outer(lam_g, lam_a).flatten(), linear.bias is not None))
-    return EigenCurvature(_layer_slices(model), blocks)
+def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.linalg.eigh(matrix.to(torch.float64))
 
 
-def ekfac_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2") -> EigenCurvature:
-    """EK-FAC: the K-FAC eigenbasis with curvlinops' corrected eigenvalues diag(Q^T F Q) per layer."""
-    ekfac = EKFACLinearOperator(**_kfac_kwargs(model, x, y, fisher))
+def kfac_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2",
+                   separate: bool = False, mc_samples: int = 1) -> EigenCurvature:
+    """K-FAC in eigen form: per layer Q_G (x) Q_A with eigenvalues lam_G (x) lam_A (separate: the
+    weight's block G (x) A and the bias's block G)."""
+    blocks: list = []
+    for (_, linear), (a, g) in zip(_linears(model), kronecker_factors(model, x, y, fisher, separate, mc_samples)):
+        lam_a, q_a = _eigh(a)
+        lam_g, q_g = _eigh(g)
+        joint = linear.bias is not None and not separate
+        blocks.append(KroneckerEigenBlock(q_g, q_a, torch.outer(lam_g, lam_a).flatten(), joint, lam_g, lam_a))
+        if separate and linear.bias is not None:
+            blocks.append(DenseEigenBlock(q_g, lam_g))
+    return EigenCurvature(_tensor_slices(model) if separate else _layer_slices(model), blocks)
+
+
+def ekfac_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2",
+                    separate: bool = False, mc_samples: int = 1) -> EigenCurvature:
+    """EK-FAC: the K-FAC eigenbasis with curvlinops' corrected eigenvalues diag(Q^T F Q) per block."""
+    ekfac = ekfac_operator(model, x, y, fisher, separate, mc_samples)
     ekfac.compute_kronecker_factors()
     ekfac.compute_eigenvalue_correction()
     state = ekfac.state_dict()
-    blocks = []
+    blocks: list = []
     for name, linear in _linears(model):
-        blocks.append(KroneckerEigenBlock(
-            state["gradient_covariances_eigenvectors"][name], state["input_covariances_eigenvectors"][name],
-            state["corrected_eigenvalues"][name].flatten(), linear.bias is not None))
-    return EigenCurvature(_layer_slices(model), blocks)
+        q_g = state["gradient_covariances_eigenvectors"][name].to(torch.float64)
+        q_a = state["input_covariances_eigenvectors"][name].to(torch.float64)
+        corrected = state["corrected_eigenvalues"][name]
+        if not isinstance(corrected, dict):  # weight and bias joint (or no bias)
+            blocks.append(KroneckerEigenBlock(q_g, q_a, corrected.flatten().to(torch.float64), linear.bias is not None))
+            continue
+        position = ekfac._mapping[name]  # {"weight": index, "bias": index} into the parameter list
+        blocks.append(KroneckerEigenBlock(q_g, q_a, corrected[position["weight"]].flatten().to(torch.float64), False))
+        if "bias" in position:
+            blocks.append(DenseEigenBlock(q_g, corrected[position["bias"]].to(torch.float64)))
+    return EigenCurvature(_tensor_slices(model) if separate else _layer_slices(model), blocks)

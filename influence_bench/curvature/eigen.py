@@ -115,6 +115,8 @@ class KroneckerEigenBlock(EigenBlock):
     q_a: torch.Tensor  # [d_a, d_a], d_a = d_in + 1 with a bias, d_in without
     eigvals: torch.Tensor  # [d_out * d_a]
     bias: bool = True
+    lam_g: torch.Tensor | None = None  # K-FAC only: the factors' own eigenvalues (for pi-damping)
+    lam_a: torch.Tensor | None = None
 
     @property
     def d_out(self) -> int:
@@ -249,6 +251,11 @@ class EigenCurvature:
         """(C + damping I)^-1 v (eps-truncated) for each row of vectors [k, P]."""
         return self._map(vectors, [truncated_inverse(lam, damping, eps) for lam in self.eigvals])
 
+    def apply(self, vectors: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """Q diag(w) Q^T v for each row of vectors [k, P], one weight vector per block (any function
+        of the spectrum: another inverse rule, a power)."""
+        return self._map(vectors, weights)
+
     def dense(self) -> torch.Tensor:
         """The dense [P, P] matrix; for tests and small problems only."""
         return self.matvec(torch.eye(self.dim, dtype=self.dtype))
@@ -265,3 +272,24 @@ class EigenCurvature:
             b = max(i for i in range(len(self.blocks)) if offsets[i] <= flat)
             out[self.slices[b], col] = self.blocks[b].eigvec(flat - offsets[b])
         return out
+
+
+def pi_damping(block: KroneckerEigenBlock, damping: float, min_damping: float = 1e-8) -> tuple[float, float]:
+    """The factors' dampings ``(d_A, d_G)`` of K-FAC's heuristic pi-damping (Martens and Grosse 2015,
+    section 6.3) as curvlinops' ``KFACInverseLinearOperator(use_heuristic_damping=True)`` sets them:
+    ``pi = sqrt(mean eig A / mean eig G)``, ``d_A = pi sqrt(d)``, ``d_G = sqrt(d) / pi``, each at least
+    ``min_damping``; without a usable pi, both are ``d``."""
+    lam_g, lam_a = block.lam_g, block.lam_a
+    if lam_g is None or lam_a is None:
+        raise ValueError("pi-damping needs the Kronecker factors' own eigenvalues (a K-FAC block)")
+    mean_a, mean_g = float(lam_a.mean()), float(lam_g.mean())
+    if mean_a >= 0.0 and mean_g > 0.0:
+        pi = (mean_a / mean_g) ** 0.5
+        return max(damping**0.5 * pi, min_damping), max(damping**0.5 / pi, min_damping)
+    return damping, damping
+
+
+def pi_damped_inverse(block: KroneckerEigenBlock, damping: float) -> torch.Tensor:
+    """Inverse eigenvalues of ``(A + d_A I)^-1 (x) (G + d_G I)^-1`` in the block's Kronecker eigenbasis."""
+    damping_a, damping_g = pi_damping(block, damping)
+    return 1.0 / torch.outer(block.lam_g + damping_g, block.lam_a + damping_a).flatten()

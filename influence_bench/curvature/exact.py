@@ -43,6 +43,15 @@ def layer_slices(model: nn.Module) -> list[slice]:
     return slices
 
 
+def tensor_slices(model: nn.Module) -> list[slice]:
+    """One slice per parameter tensor (each layer's weight, then its bias), in ``model.parameters()`` order."""
+    slices, start = [], 0
+    for p in model.parameters():
+        slices.append(slice(start, start + p.numel()))
+        start += p.numel()
+    return slices
+
+
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))

@@ -12,9 +12,11 @@ from influence_bench.entries.base import (
     NotFittedError,
     UnknownEntryError,
     get_entry,
+    make_entry,
+    parse_point,
     register,
     unregister,
 )
 
 __all__ = ["ENTRIES", "DenseEntry", "EigenEntry", "Entry", "MissingCapabilityError", "NotFittedError",
-           "UnknownEntryError", "get_entry", "register", "unregister"]
+           "UnknownEntryError", "get_entry", "make_entry", "parse_point", "register", "unregister"]

@@ -10,6 +10,11 @@ of vectors ``[k, P]``. Everything else is an optional capability, declared as da
 - ``"operator"``: ``curvature_matvec(vectors)`` gives ``C v`` (the curvature itself, undamped);
 - ``"scores"``: the entry computes its own scores (a method without a curvature inverse).
 
+Parameters are declared as a grid (``parameters``: name -> allowed values, the first the default,
+in the spirit of Benchopt); a run names a point of it, ``kfac[fisher=mc,separate=true]``, and the
+entry's ``name`` is that point in canonical form (declared order, defaults left out), so one class
+covers what would otherwise be copies.
+
 ``skip(problem)`` returns a reason when the entry cannot run a problem (a dense entry above the
 dense limit), or None. In the spirit of scikit-learn's estimators: ``__init__`` only stores
 parameters; ``fit(problem)`` does the expensive work and returns ``self``; fitted state ends in
@@ -20,6 +25,7 @@ computed in chunks of test queries.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import torch
@@ -62,12 +68,49 @@ def unregister(name: str) -> None:
     ENTRIES.pop(name, None)
 
 
+_POINT = re.compile(r"^\s*([^\[\]\s]+)\s*(?:\[(.*)\])?\s*$")
+
+
+def parse_point(spec: str) -> tuple[str, dict[str, str]]:
+    """``"kfac[fisher=mc, separate=true]"`` -> ``("kfac", {"fisher": "mc", "separate": "true"})``."""
+    match = _POINT.match(spec)
+    if not match:
+        raise UnknownEntryError(f"cannot read the entry {spec!r}; write NAME or NAME[param=value,...]")
+    name, inner = match.group(1), match.group(2)
+    params: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in (inner or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UnknownEntryError(f"cannot read {item!r} in the entry {spec!r}; write param=value")
+        if key.strip() in params:
+            raise UnknownEntryError(f"parameter {key.strip()!r} given twice in the entry {spec!r}")
+        params[key.strip()] = value.strip()
+    return name, params
+
+
 def get_entry(name: str) -> type["Entry"]:
+    """The class of an entry, by its registered name (any parameter point of it: ``kfac[fisher=mc]``)."""
+    base, _ = parse_point(name)
     try:
-        return ENTRIES[name]
+        return ENTRIES[base]
     except KeyError:
         valid = ", ".join(ENTRIES)
-        raise UnknownEntryError(f"unknown entry {name!r}; valid entries: {valid} (see `influence-bench list`)") from None
+        raise UnknownEntryError(f"unknown entry {base!r}; valid entries: {valid} (see `influence-bench list`)") from None
+
+
+def make_entry(name: str, damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS) -> "Entry":
+    """An entry from its name with an optional parameter point: ``make_entry("kfac[fisher=mc]")``."""
+    cls = get_entry(name)
+    _, raw = parse_point(name)
+    return cls(damping=damping, eps=eps, **cls.coerce_params(raw))
+
+
+def _coerce(value: str, allowed: tuple) -> Any:
+    """The allowed value whose text is ``value`` (``"true"`` -> True, ``"4"`` -> 4)."""
+    for candidate in allowed:
+        if str(candidate).lower() == value.lower():
+            return candidate
+    return None
 
 
 class Entry:
@@ -81,13 +124,91 @@ class Entry:
     # relative accuracy of ``inverse`` against a dense solve of the entry's own curvature that the
     # conformance kit expects (iterative solvers are approximate by design)
     inverse_rtol: ClassVar[float] = 1e-7
+    # the parameter grid: name -> allowed values, the first is the default (a run names one point)
+    parameters: ClassVar[dict[str, tuple]] = {}
+    point_label: ClassVar[str | None] = None  # set on classes made by ``at``: the point's name
 
-    def __init__(self, damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS):
+    def __init__(self, damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS, **params: Any):
         self.damping = damping
         self.eps = eps
+        self.params = self.validate_params(params)
+        self.name = self.point_name(self.params)
+
+    # -- the parameter grid ------------------------------------------------------------------------
+    @classmethod
+    def coerce_params(cls, raw: dict[str, str]) -> dict[str, Any]:
+        """Text values (from a name such as ``kfac[fisher=mc]``) as the grid's typed values."""
+        out = {}
+        for key, value in raw.items():
+            if key not in cls.parameters:
+                raise UnknownEntryError(cls._unknown_parameter(key))
+            typed = _coerce(value, cls.parameters[key])
+            if typed is None:
+                raise UnknownEntryError(f"entry {cls.name!r}: {key}={value} is not in its grid; "
+                                        f"{key} takes {', '.join(str(v).lower() for v in cls.parameters[key])}")
+            out[key] = typed
+        return out
+
+    @classmethod
+    def _unknown_parameter(cls, key: str) -> str:
+        known = ", ".join(cls.parameters) or "none"
+        return f"entry {cls.name!r} has no parameter {key!r}; its parameters: {known}"
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Every declared parameter, defaults filled in; unknown names or values outside the grid raise."""
+        for key, value in params.items():
+            if key not in cls.parameters:
+                raise UnknownEntryError(cls._unknown_parameter(key))
+            if value not in cls.parameters[key]:
+                raise UnknownEntryError(f"entry {cls.name!r}: {key}={value!r} is not in its grid {cls.parameters[key]}")
+        full = {key: params.get(key, allowed[0]) for key, allowed in cls.parameters.items()}
+        reason = cls.invalid_point(full)
+        if reason:
+            raise UnknownEntryError(f"entry {cls.point_name(full)!r}: {reason}")
+        return full
+
+    @classmethod
+    def invalid_point(cls, params: dict[str, Any]) -> str | None:
+        """Why a combination of valid values makes no sense (``samples`` without ``fisher=mc``), or None."""
+        return None
+
+    @classmethod
+    def point_name(cls, params: dict[str, Any]) -> str:
+        """The canonical name of a point: declared order, parameters at their default left out."""
+        shown = [f"{k}={str(params[k]).lower()}" for k, allowed in cls.parameters.items()
+                 if k in params and params[k] != allowed[0]]
+        return f"{cls.name}[{','.join(shown)}]" if shown else cls.name
+
+    @classmethod
+    def grid(cls) -> list[dict[str, Any]]:
+        """Every valid point of the grid."""
+        import itertools
+
+        points = [dict(zip(cls.parameters, values)) for values in itertools.product(*cls.parameters.values())]
+        return [p for p in points if cls.invalid_point(p) is None]
+
+    @classmethod
+    def at(cls, **params: Any) -> type["Entry"]:
+        """A subclass fixed at one point of the grid, for code that builds entries from a class
+        (the conformance kit): ``check_entry(KFAC.at(fisher="mc"))``."""
+        point = cls.validate_params(params)
+        base = cls
+
+        def __init__(self, damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS, **more: Any):
+            base.__init__(self, damping, eps, **{**point, **more})
+
+        return type(f"{cls.__name__}AtPoint", (cls,), {
+            "__init__": __init__, "__module__": cls.__module__, "point_label": cls.point_name(point)})
 
     def get_params(self) -> dict[str, Any]:
-        return {"damping": self.damping, "eps": self.eps}
+        return {"damping": self.damping, "eps": self.eps, **self.params}
+
+    @property
+    def inverse_is_exact(self) -> bool:
+        """Whether ``inverse`` is the eps-truncated damped inverse of the entry's own curvature (False for
+        a deliberately different damping scheme, such as K-FAC's heuristic pi-damping)."""
+        return True
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

@@ -1,28 +1,24 @@
-"""``ekfac`` and ``ekfac-mc``: EK-FAC (curvlinops), the K-FAC eigenbasis with corrected eigenvalues.
+"""``ekfac``: EK-FAC (curvlinops), the K-FAC eigenbasis with corrected eigenvalues.
 
 Type-2 EK-FAC is the block-GGN restricted to the Kronecker eigenbasis: its eigenvalues are exactly
-diag(Q^T G_block Q) (zero eigenvalue mismatch by construction). The factors stay factors.
+diag(Q^T G_block Q) (zero eigenvalue mismatch by construction). Parameters as ``kfac``'s
+(``fisher``, ``samples``, ``separate``); its damping is always exact, as the authors used it.
+The factors stay factors.
 """
 
 from __future__ import annotations
 
 from influence_bench.curvature import curvlinops_adapter
-from influence_bench.entries.base import EigenEntry, register
+from influence_bench.entries.base import register
+from influence_bench.entries.kronecker import KroneckerEntry
 
 
 @register
-class EKFAC(EigenEntry):
+class EKFAC(KroneckerEntry):
     name = "ekfac"
-    description = "EK-FAC, type-2: Kronecker eigenbasis, exact eigenvalues diag(Q^T G Q)"
-    fisher = "type-2"
+    description = "EK-FAC (curvlinops): Kronecker eigenbasis, eigenvalues diag(Q^T G Q)"
 
     def fit(self, problem):
-        self.eigen_ = curvlinops_adapter.ekfac_curvature(problem.model, problem.x_train, problem.y_train, self.fisher)
+        self.eigen_ = curvlinops_adapter.ekfac_curvature(problem.model, problem.x_train, problem.y_train,
+                                                         **self.factor_args())
         return self
-
-
-@register
-class EKFACMC(EKFAC):
-    name = "ekfac-mc"
-    description = "EK-FAC, Monte-Carlo Fisher (one sampled label per point)"
-    fisher = "mc"

@@ -1,30 +1,74 @@
-"""``hessian`` and ``block-hessian``: the exact Hessian of the mean training loss, whole or per layer."""
+"""``hessian`` and ``block-hessian``: the exact Hessian of the mean training loss, whole or per block.
+
+``negative`` is the treatment of eigenvalues lam with lam + damping at or below eps (the authors'
+three): ``zero`` gives them zero inverse (PROTOCOL.md section 2, the default), ``abs`` uses |lam|
+(the curvature is |H|), ``keep`` inverts lam + damping whatever its sign (only |lam + damping| <= eps
+is dropped). ``block-hessian`` also takes ``blocks`` (``layer`` or ``tensor``).
+"""
 
 from __future__ import annotations
 
+import torch
+
 from influence_bench.curvature.eigen import EigenCurvature
 from influence_bench.entries.base import DenseEntry, register
+from influence_bench.entries.ggn import BLOCKS
+
+NEGATIVE = ("zero", "abs", "keep")
+
+
+def kept_inverse(eigvals: torch.Tensor, damping: float, eps: float) -> torch.Tensor:
+    """1 / (lam + damping) of either sign; 0 only where |lam + damping| <= eps."""
+    shifted = eigvals + damping
+    safe = torch.where(shifted.abs() > eps, shifted, torch.ones_like(shifted))
+    return torch.where(shifted.abs() > eps, 1.0 / safe, torch.zeros_like(shifted))
+
+
+class HessianEntry(DenseEntry):
+    """The negative-eigenvalue treatments shared by the whole and the block Hessian."""
+
+    uses = frozenset({"hessian"})
+    parameters = {"negative": NEGATIVE}
+
+    def decompose(self, problem) -> EigenCurvature:
+        raise NotImplementedError
+
+    def fit(self, problem):
+        eigen = self.decompose(problem)
+        if self.params["negative"] == "abs":
+            for block in eigen.blocks:
+                block.eigvals = block.eigvals.abs()
+        self.eigen_ = eigen
+        return self
+
+    def inverse(self, vectors, damping=None):
+        if self.params["negative"] != "keep":
+            return super().inverse(vectors, damping)
+        eigen, lam = self.eigen_form(), self._damping(damping)
+        return eigen.apply(vectors.to(torch.float64), [kept_inverse(b.eigvals, lam, self.eps) for b in eigen.blocks])
+
+    @property
+    def inverse_is_exact(self) -> bool:
+        return self.params["negative"] != "keep"
 
 
 @register
-class Hessian(DenseEntry):
+class Hessian(HessianEntry):
     name = "hessian"
     description = "exact Hessian of the mean training loss (dense eigendecomposition)"
-    uses = frozenset({"hessian"})
     dense_what = "the dense Hessian"
 
-    def fit(self, problem):
-        self.eigen_ = EigenCurvature.from_dense(problem.hessian)
-        return self
+    def decompose(self, problem):
+        return EigenCurvature.from_dense(problem.hessian)
 
 
 @register
-class BlockHessian(DenseEntry):
+class BlockHessian(HessianEntry):
     name = "block-hessian"
-    description = "exact Hessian, one block per layer (weight and bias together)"
-    uses = frozenset({"hessian"})
-    dense_what = "the dense Hessian (its layer blocks are sliced from it)"
+    description = "exact Hessian, one block per layer (or per tensor: blocks=tensor)"
+    dense_what = "the dense Hessian (its blocks are sliced from it)"
+    parameters = {"blocks": BLOCKS, **HessianEntry.parameters}
 
-    def fit(self, problem):
-        self.eigen_ = EigenCurvature.from_dense_blocks(problem.layer_blocks(problem.hessian), problem.layer_slices)
-        return self
+    def decompose(self, problem):
+        by = self.params["blocks"]
+        return EigenCurvature.from_dense_blocks(problem.layer_blocks(problem.hessian, by), problem.block_slices(by))

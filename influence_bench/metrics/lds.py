@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ class CorrelationSummary:
     n_undefined: int  # test points whose correlation is undefined (constant predictions or targets)
     n_points: int
     per_point: np.ndarray  # [n_test], NaN where undefined
+    n_clipped: int = 0  # noise ceilings only: points whose split-half correlation was negative (clipped to 0)
 
 
 def summarize(per_point: np.ndarray, seed: int = BOOTSTRAP_SEED, n_boot: int = N_BOOTSTRAP) -> CorrelationSummary:
@@ -57,17 +59,31 @@ def spearman_brown(r: np.ndarray) -> np.ndarray:
         return 2.0 * r / (1.0 + r)
 
 
-def noise_ceiling_per_point(losses: np.ndarray) -> np.ndarray:
-    """Split-half ceiling: Spearman over masks between the means of seeds [:R//2] and [R//2:],
-    Spearman-Brown corrected. losses: [M, R, n_test] -> [n_test]."""
+def split_half_correlation(losses: np.ndarray) -> np.ndarray:
+    """Spearman over masks between the means of seeds [:R//2] and [R//2:]. losses: [M, R, n_test] -> [n_test]."""
     n_seeds = losses.shape[1]
     if n_seeds < 2:
         raise ValueError("the noise ceiling needs at least two seeds per mask")
     half = n_seeds // 2
     first = losses[:, :half].astype(np.float64).mean(axis=1)
     second = losses[:, half:].astype(np.float64).mean(axis=1)
-    return spearman_brown(spearman_columns(first, second))
+    return spearman_columns(first, second)
+
+
+def clipped_spearman_brown(split_half: np.ndarray) -> tuple[np.ndarray, int]:
+    """Split-half correlations clipped at 0 from below, then Spearman-Brown corrected; and how many
+    were clipped (PROTOCOL.md section 3: one point's negative split-half value cannot drag the mean)."""
+    split_half = np.asarray(split_half, dtype=np.float64)
+    negative = np.isfinite(split_half) & (split_half < 0)
+    return spearman_brown(np.where(negative, 0.0, split_half)), int(negative.sum())
+
+
+def noise_ceiling_per_point(losses: np.ndarray) -> np.ndarray:
+    """Per test point: the clipped, Spearman-Brown corrected split-half correlation. [M, R, n_test] -> [n_test]."""
+    return clipped_spearman_brown(split_half_correlation(losses))[0]
 
 
 def noise_ceiling(losses: np.ndarray) -> CorrelationSummary:
-    return summarize(noise_ceiling_per_point(losses))
+    """The mean per-point ceiling with its bootstrap CI and the number of clipped points."""
+    per_point, n_clipped = clipped_spearman_brown(split_half_correlation(losses))
+    return dataclasses.replace(summarize(per_point), n_clipped=n_clipped)

@@ -132,9 +132,9 @@ def instantiate(out: Path, name: str, job: Job) -> Entry:
     pickled = out / "entry.pkl"
     if pickled.exists():
         return pickle.loads(pickled.read_bytes())
-    from influence_bench.entries import get_entry
+    from influence_bench.entries import make_entry
 
-    return get_entry(name)(damping=job.damping, eps=job.eps)
+    return make_entry(name, damping=job.damping, eps=job.eps)
 
 
 # -- in the parent ----------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def main(argv: list[str]) -> int:
         return build_reference_here(workdir)
     if argv[1] == "--entry":
         return evaluate_here(workdir, argv[2])
-    raise SystemExit(f"usage: python -m influence_bench.runner.isolation WORKDIR (--reference | --entry NAME)")
+    raise SystemExit("usage: python -m influence_bench.runner.isolation WORKDIR (--reference | --entry NAME)")
 
 
 if __name__ == "__main__":

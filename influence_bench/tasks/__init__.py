@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from influence_bench.tasks.digits_mlp import DIGITS_MLP
+from influence_bench.tasks.digits_mlp import DIGITS_MLP, DIGITS_MLP_COSINE
 from influence_bench.tasks.spec import TaskData, TaskSpec, TrainingRecipe
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in (DIGITS_MLP,)}
+TASKS: dict[str, TaskSpec] = {t.name: t for t in (DIGITS_MLP, DIGITS_MLP_COSINE)}
 DEFAULT_TASK = DIGITS_MLP.name
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+import dataclasses
+
 from influence_bench.tasks.spec import TaskSpec, TrainingRecipe
 
 
@@ -27,4 +29,12 @@ DIGITS_MLP = TaskSpec(
     train_fraction=0.9,
     split_seed=0,
     reference_seed=42,
+)
+
+# The authors' command-line path (PROTOCOL.md section 10): the same recipe under a cosine schedule.
+DIGITS_MLP_COSINE = dataclasses.replace(
+    DIGITS_MLP,
+    name="digits-mlp-cosine",
+    description="digits-mlp under the authors' command-line schedule: CosineAnnealingLR(T_max=100, eta_min=1e-8)",
+    recipe=dataclasses.replace(DIGITS_MLP.recipe, schedule="cosine", eta_min=1e-8),
 )

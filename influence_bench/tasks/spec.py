@@ -31,9 +31,39 @@ class TrainingRecipe:
     optimizer: str = "sgd"
     loss: str = "mean cross-entropy"
     dtype: str = "float32"
+    schedule: str = "constant"  # or "cosine": CosineAnnealingLR(T_max=epochs, eta_min), stepped per epoch
+    eta_min: float = 0.0
 
     def with_epochs(self, epochs: int | None) -> "TrainingRecipe":
         return self if epochs is None else dataclasses.replace(self, epochs=epochs)
+
+    def learning_rates(self) -> list[float]:
+        """The learning rate of every epoch, as ``torch.optim.lr_scheduler`` gives it (one source for
+        the single-model loop and the batched engine)."""
+        if self.schedule == "constant":
+            return [self.lr] * self.epochs
+        if self.schedule != "cosine":
+            raise ValueError(f"unknown learning-rate schedule {self.schedule!r}; use constant or cosine")
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=self.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs, eta_min=self.eta_min)
+        rates = []
+        for _ in range(self.epochs):
+            rates.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return rates
+
+    def to_dict(self) -> dict:
+        """Every field; the fields added after version 1 of a task only where they differ from their
+        defaults, so that adding a field never changes the fingerprint of a published version."""
+        d = dataclasses.asdict(self)
+        for name, default in _ADDED_RECIPE_FIELDS.items():
+            if d[name] == default:
+                d.pop(name)
+        return d
+
+
+_ADDED_RECIPE_FIELDS = {"schedule": "constant", "eta_min": 0.0}
 
 
 @dataclass(frozen=True)
@@ -124,7 +154,7 @@ class TaskSpec:
     # -- identity ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
-        d["recipe"] = dataclasses.asdict(self.recipe)
+        d["recipe"] = self.recipe.to_dict()
         d["layer_sizes"] = list(self.layer_sizes)
         return d
 

@@ -153,7 +153,7 @@ def train_batched(
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
 
-    for _ in range(recipe.epochs):
+    for lr in recipe.learning_rates():
         orders = torch.stack([epoch_order(g, m) for g, m in zip(generators, members)]).to(device)
         for k in range(steps):
             idx = orders[:, k * bs : (k + 1) * bs]  # [B, bs]
@@ -162,7 +162,7 @@ def train_batched(
                 torch._foreach_add_(grads, params, alpha=recipe.weight_decay)
             torch._foreach_mul_(buffers, recipe.momentum)
             torch._foreach_add_(buffers, grads)
-            torch._foreach_add_(params, buffers, alpha=-recipe.lr)
+            torch._foreach_add_(params, buffers, alpha=-lr)
         if on_epoch is not None:
             on_epoch(n_models / recipe.epochs)
     return stack

@@ -23,6 +23,9 @@ def train_single(
     opt = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
+    scheduler = None
+    if recipe.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs, eta_min=recipe.eta_min)
     generator = torch.Generator().manual_seed(seed)
     steps = n_steps_per_epoch(int(member.sum()), recipe.batch_size, recipe.drop_last)
     for _ in range(recipe.epochs):
@@ -32,6 +35,8 @@ def train_single(
             opt.zero_grad()
             F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
             opt.step()
+        if scheduler is not None:
+            scheduler.step()
     return model
 
 
