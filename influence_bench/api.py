@@ -91,16 +91,18 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
         out: str | Path | None = None, isolate: bool = True, cache_dir: str | Path | None = None,
         device: str = "cpu", plugins: Sequence[str] = (), damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS,
         dense_limit: int | None = None, entry_timeout_s: float = ENTRY_TIMEOUT_S, jobs: int = 1,
-        progress: bool = True) -> RunResults:
+        progress: bool = True, alphas: Sequence[float] | None = None, loo: bool = True) -> RunResults:
     """Run entries against a task's ground truth (built first if it is not cached) and return the results.
 
     jobs: entries evaluated at once, each in its own process with cores // jobs threads (isolated
     runs only); their times are then those of a process with that many threads beside the others.
+    alphas: a subset of the preset's alphas (its own ground truth). loo: also the leave-one-out
+    ground truth (PROTOCOL.md section 4) and every entry's LOO correlations.
     """
-    from influence_bench.groundtruth import build_lds_groundtruth, get_preset, reference_model
+    from influence_bench.groundtruth import build_lds_groundtruth, build_loo_groundtruth, get_preset, reference_model
     from influence_bench.metrics.reference import GGNReference
     from influence_bench.problem import InfluenceProblem
-    from influence_bench.runner import comparison, isolation
+    from influence_bench.runner import comparison, isolation, task_rows
     from influence_bench.runner.evaluation import EvalSettings, evaluate_entry, failed, peak_rss_mb
     from influence_bench.runner.persistence import write_results_dir
     from influence_bench.runner.plugins import load_plugins
@@ -110,12 +112,13 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     load_plugins(list(plugins))
     if jobs < 1 or (jobs > 1 and not isolate):
         raise ValueError(f"jobs={jobs}: use jobs >= 1, and jobs > 1 only with isolate=True")
-    spec, chosen_preset = get_task(task), get_preset(preset)
+    spec, chosen_preset = get_task(task), get_preset(preset).with_alphas(tuple(alphas) if alphas else None)
     chosen = resolve_entries(entries, damping, eps)
     cache = Path(cache_dir) if cache_dir else None
     out_dir = Path(out) if out is not None else None
 
     gt = build_lds_groundtruth(spec, chosen_preset, cache, device=device, progress=progress)
+    loo_gt = build_loo_groundtruth(spec, chosen_preset, cache, device=device, progress=progress) if loo else None
     model = reference_model(spec, cache, device=device)
     problem = InfluenceProblem(model, spec.data, name=spec.key, dense_limit=dense_limit)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
@@ -136,11 +139,11 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
             torch.save({"train": train_grads, "test": test_grads}, workdir / "gradients.pt")
             isolation.Job(spec.name, chosen_preset.name, str(cache) if cache else None, str(workdir / "model.pt"),
                           str(workdir / "gradients.pt"), damping, eps, problem.dense_limit, list(plugins),
-                          sorted(needs)).write(workdir)
-            reference_path, shared_times = isolation.build_reference_isolated(workdir, entry_timeout_s)
+                          sorted(needs), list(chosen_preset.alphas)).write(workdir)
+            reference_path, shared_times, hessian_stats = isolation.build_reference_isolated(workdir, entry_timeout_s)
             load_reference = lambda: GGNReference.load(reference_path)  # noqa: E731
         else:
-            reference, shared_times = prepare_shared(problem, damping, eps, needs)
+            reference, shared_times, hessian_stats = prepare_shared(problem, damping, eps, needs)
             load_reference = lambda: reference  # noqa: E731
 
         bar = tqdm(total=len(chosen), desc="entries", unit="entry", disable=not progress)
@@ -166,12 +169,16 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     rows += [schema.row(schema.SHARED_GRADIENTS, "cost", "gradient_s", gradient_s, False),
              schema.row(schema.SHARED_GRADIENTS, "cost", "gradient_cpu_s", gradient_cpu_s, False)]
     rows += [schema.row(schema.SHARED_GRADIENTS, "cost", key, value, False) for key, value in shared_times.items()]
+    rows += task_rows.reference_rows(problem, hessian_stats) + task_rows.ceiling_rows(gt, loo_gt)
+    if loo_gt is not None:
+        rows += [row for r in results for row in task_rows.entry_loo_rows(r, loo_gt)]
     table = pd.DataFrame(rows, columns=list(schema.ROW_COLUMNS))
     points = {e: make_entry(e).params for e in chosen if isinstance(e, str)}
     points.update({e.name: getattr(e, "params", {}) for e in chosen if not isinstance(e, str)})
     table = schema.with_parameter_columns(table, points)
     meta = {"task": spec.name, "task_version": spec.version, "task_fingerprint": spec.fingerprint[:16],
-            "preset": chosen_preset.name, "n_masks": chosen_preset.n_masks, "n_seeds": chosen_preset.n_seeds,
+            "preset": chosen_preset.name if chosen_preset.alphas == get_preset(preset).alphas else
+            f"{chosen_preset.name}@alpha={','.join(f'{a:g}' for a in chosen_preset.alphas)}", "n_masks": chosen_preset.n_masks, "n_seeds": chosen_preset.n_seeds,
             "seeds": f"split={spec.split_seed} masks={spec.mask_seed} retrain=0..{chosen_preset.n_seeds - 1} "
                      f"reference={spec.reference_seed} bootstrap=0 dev-split={settings.split_seed}",
             **provenance()}
@@ -184,7 +191,8 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
         spectra.update(r.spectra)
     parent_peak = peak_rss_mb()
     if out_dir is not None:
-        manifest = {"config": {"task": task, "preset": preset, "entries": [e if isinstance(e, str) else repr(e)
+        manifest = {"config": {"task": task, "preset": preset, "alphas": list(chosen_preset.alphas), "loo": loo,
+                               "entries": [e if isinstance(e, str) else repr(e)
                                                                              for e in chosen],
                                "isolate": isolate, "jobs": jobs, "damping": damping, "eps": eps,
                                "dense_limit": problem.dense_limit,

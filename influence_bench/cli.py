@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from influence_bench.groundtruth.cache import CACHE_ENV, default_cache_dir
@@ -41,7 +42,7 @@ def parse_alphas(text: Optional[str]) -> tuple[float, ...] | None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -145,7 +146,7 @@ def groundtruth(
 def run(
     task: str = TaskOption,
     preset: str = PresetOption,
-    entries: Optional[str] = typer.Option(None, "--entries", help="Comma-separated entry names (default: all)."),
+    entries: Optional[str] = typer.Option(None, "--entries", help="Comma-separated entry names, each with an optional parameter point: kfac[fisher=mc,separate=true] (default: all at their defaults)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results directory (default: results/TASK-PRESET)."),
     cache_dir: Optional[Path] = CacheOption,
     device: str = DeviceOption,
@@ -155,16 +156,20 @@ def run(
     isolate: bool = typer.Option(True, "--isolate/--in-process", help="Each entry in a process of its own (default), or all in this one."),
     jobs: int = typer.Option(1, "--jobs", help="Entries evaluated at once (isolated runs), each with cores // jobs threads."),
     entry_timeout: float = typer.Option(3600, "--entry-timeout", help="Seconds before an entry is stopped and marked failed."),
+    alphas: Optional[str] = AlphasOption,
+    loo: bool = typer.Option(True, "--loo/--no-loo", help="Leave-one-out correlations beside LDS (builds the LOO ground truth if missing)."),
 ):
     """Run entries against a task's ground truth (built first if missing) and write a results directory."""
     from influence_bench.entries import UnknownEntryError
     from influence_bench.runner.plugins import PluginError, load_plugins
 
     plugin_list = [p.strip() for p in plugins.split(",") if p.strip()] if plugins else []
-    names = [e.strip() for e in entries.split(",") if e.strip()] if entries else None
+    from influence_bench.entries import split_names
+
+    names = split_names(entries) if entries else None
     try:
         load_plugins(plugin_list)
-        spec, chosen = get_task(task), get_preset(preset)
+        spec, chosen = get_task(task), get_preset(preset).with_alphas(parse_alphas(alphas))
         from influence_bench.api import resolve_entries
 
         resolve_entries(names, damping, 1e-6)
@@ -175,20 +180,21 @@ def run(
     device = check_device(device)
     from influence_bench.api import run as run_benchmark
 
-    out_dir = out or Path("results") / f"{spec.name}-{chosen.name}"
+    at = "" if chosen.alphas == get_preset(preset).alphas else "-alpha" + "-".join(f"{a:g}" for a in chosen.alphas)
+    out_dir = out or Path("results") / f"{spec.name}-{chosen.name}{at}"
     start = time.perf_counter()
     results = run_benchmark(task, names, preset, out=out_dir, isolate=isolate, cache_dir=cache_dir, device=device,
                             plugins=plugin_list, damping=damping, dense_limit=dense_limit,
-                            entry_timeout_s=entry_timeout, jobs=jobs)
+                            entry_timeout_s=entry_timeout, jobs=jobs, alphas=chosen.alphas, loo=loo)
     print_lds_tables(results.table, damping)
     console.print(f"{time.perf_counter() - start:.0f} s; peak memory of this process "
                   f"{results.parent_peak_rss_mb:.0f} MB")
     console.print(f"results written to [bold]{out_dir}[/]")
     for name, reason in results.skipped.items():
-        err_console.print(f"[bold yellow]entry {name} skipped:[/] {reason}", highlight=False)
+        err_console.print(f"[bold yellow]entry {escape(name)} skipped:[/] {escape(reason)}", highlight=False)
     if results.failures:
         for name, message in results.failures.items():
-            err_console.print(f"[bold red]entry {name} failed:[/] {message}", highlight=False)
+            err_console.print(f"[bold red]entry {escape(name)} failed:[/] {escape(message)}", highlight=False)
         fail(f"{len(results.failures)} of {len(results.entries)} entries failed: {', '.join(results.failures)}",
              code=1)
 
@@ -208,7 +214,7 @@ def print_lds_tables(table, damping: float) -> None:
         for alpha in pivot.columns:
             rich_table.add_column(f"alpha {alpha:.1f}", no_wrap=True, justify="right")
         for entry, row in pivot.iterrows():
-            rich_table.add_row(entry, *(f"{v:.3f}" for v in row.values))
+            rich_table.add_row(escape(entry), *(f"{v:.3f}" for v in row.values))
         console.print(rich_table)
 
 
@@ -216,12 +222,14 @@ def print_lds_tables(table, damping: float) -> None:
 def report(
     results_dir: Path = typer.Argument(..., help="A results directory written by `influence-bench run`."),
     out: Path = typer.Option(Path("reports"), "--out", help="Where leaderboard.md, leaderboard.html and figures go."),
+    versions: Optional[list[Path]] = typer.Option(None, "--version", help="Results directory of another task version "
+                                                  "(repeatable): its claims and reference model beside this one's."),
 ):
     """Write the leaderboard (Markdown and a self-contained HTML page with figures) from a results directory."""
     from influence_bench.report import ReportError, write_report
 
     try:
-        written = write_report(results_dir, out)
+        written = write_report(results_dir, out, versions or ())
     except ReportError as exc:
         fail(str(exc))
     for kind, path in written.items():

@@ -27,7 +27,7 @@ COMMON_SD, OWN_SD = 0.05, 0.002
 # every step loses LDS, EK-FAC -> K-FAC (0.18) the most; the hybrid (0.30) is below EK-FAC (0.38)
 CHAIN_LDS = {"hessian": 0.50, "ggn": 0.46, "block-ggn": 0.42, "ekfac": 0.38, "kfac": 0.20, HYBRID: 0.30}
 STEP_CLAIMS = ["C1: hessian -> ggn", "C1: ggn -> block-ggn", "C1: block-ggn -> ekfac", "C1: ekfac -> kfac"]
-VERSUS_CLAIMS = ["C2: vs hessian -> ggn", "C2: vs ggn -> block-ggn", "C2: vs block-ggn -> ekfac"]
+VERSUS_CLAIMS = ["C2: vs ggn -> block-ggn", "C2: vs block-ggn -> ekfac"]  # the GGN's approximation steps
 AUTHORS = CONFIGURATIONS["authors"]
 
 
@@ -97,7 +97,7 @@ def test_a_contradicted_step_outweighs_one_not_resolved():
 
 def test_c2_holds_when_ekfac_to_kfac_loses_the_most_on_paired_draws():
     claims = claims_of(CHAIN_LDS)
-    assert verdicts(claims, ["C2", *VERSUS_CLAIMS]) == ["holds"] * 4
+    assert verdicts(claims, ["C2", *VERSUS_CLAIMS]) == ["holds"] * 3
     # (ekfac - kfac) - (ggn - block) = 0.18 - 0.04
     assert claims.loc["C2: vs ggn -> block-ggn", "estimate"] == pytest.approx(0.14)
     assert claims.loc["C2: vs ggn -> block-ggn", "reason"].startswith(
@@ -107,7 +107,7 @@ def test_c2_holds_when_ekfac_to_kfac_loses_the_most_on_paired_draws():
 def test_c2_is_contradicted_when_another_step_loses_more():
     claims = claims_of({**CHAIN_LDS, "block-ggn": 0.20, "ekfac": 0.16, "kfac": 0.10, HYBRID: 0.12})
     # drops: H -> GGN 0.04, GGN -> block-GGN 0.26, block-GGN -> EK-FAC 0.04, EK-FAC -> K-FAC 0.06
-    assert verdicts(claims, ["C2", *VERSUS_CLAIMS]) == ["contradicted", "holds", "contradicted", "holds"]
+    assert verdicts(claims, ["C2", *VERSUS_CLAIMS]) == ["contradicted", "contradicted", "holds"]
     assert claims.loc["C2", "estimate"] == pytest.approx(-0.20)
     assert claims.loc["C2: vs ggn -> block-ggn", "reason"].endswith("GGN -> block-GGN loses more")
 
@@ -116,7 +116,7 @@ def test_c2_is_not_resolved_when_the_largest_drop_is_larger_only_in_its_point_es
     # EK-FAC -> K-FAC drops 0.1805, GGN -> block-GGN 0.18: the largest point estimate, inside the paired interval
     claims = claims_of({**CHAIN_LDS, "block-ggn": 0.28, "ekfac": 0.24, "kfac": 0.0595, HYBRID: 0.1})
     assert claims.loc["C2: vs ggn -> block-ggn", "estimate"] == pytest.approx(0.0005)
-    assert verdicts(claims, ["C2", *VERSUS_CLAIMS]) == ["not resolved", "holds", "not resolved", "holds"]
+    assert verdicts(claims, ["C2", *VERSUS_CLAIMS]) == ["not resolved", "not resolved", "holds"]
 
 
 @pytest.mark.parametrize("hybrid, expected", [(0.30, "holds"), (0.40, "contradicted"), (0.3805, "not resolved")])
@@ -264,3 +264,10 @@ def test_markdown_has_the_statements_and_one_table_per_task():
         first = claims[claims.task == task].verdict.iloc[0]
         assert rows[0].split(" | ")[:4] == ["| ours", "fixed", "C1", f"**{first}**"]
     assert "| C1: ggn -> block-ggn | contradicted | -0.040 [" in tables[1]
+
+
+def test_c2_leaves_the_hessian_step_out():
+    """C2 is about approximating the GGN: a large H -> GGN drop neither makes nor breaks it."""
+    claims = claims_of({**CHAIN_LDS, "hessian": CHAIN_LDS["ggn"] + 0.5})
+    assert "C2: vs hessian -> ggn" not in claims.index
+    assert claims.loc["C2", "verdict"] == "holds"

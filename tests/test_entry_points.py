@@ -141,3 +141,14 @@ def test_a_point_runs_the_conformance_kit_under_its_own_name(tiny_problem):
     assert ids[0].startswith("ekfac[fisher=mc,separate=true]-")
     for _, check in entry_checks(point):
         check(point, tiny_problem)
+
+
+def test_layer_spectrum_of_per_tensor_blocks_is_the_union_of_its_blocks(tiny_problem):
+    """Per-layer metrics still apply when the blocks are finer than a layer (weight and bias apart)."""
+    from influence_bench.metrics.spectrum import layer_eigvals
+
+    curv = make_entry("kfac[separate=true]").fit(tiny_problem).eigen_form()
+    dense = curv.dense()
+    for layer in tiny_problem.layer_slices:
+        expected = torch.linalg.eigvalsh(dense[layer, layer])
+        assert torch.allclose(torch.sort(layer_eigvals(curv, layer)).values, expected, atol=1e-10)

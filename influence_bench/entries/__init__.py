@@ -14,9 +14,10 @@ from influence_bench.entries.base import (
     get_entry,
     make_entry,
     parse_point,
+    split_names,
     register,
     unregister,
 )
 
 __all__ = ["ENTRIES", "DenseEntry", "EigenEntry", "Entry", "MissingCapabilityError", "NotFittedError",
-           "UnknownEntryError", "get_entry", "make_entry", "parse_point", "register", "unregister"]
+           "UnknownEntryError", "get_entry", "make_entry", "parse_point", "split_names", "register", "unregister"]

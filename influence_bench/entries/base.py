@@ -88,6 +88,21 @@ def parse_point(spec: str) -> tuple[str, dict[str, str]]:
     return name, params
 
 
+def split_names(text: str) -> list[str]:
+    """``"identity,kfac[fisher=mc,separate=true]"`` -> ``["identity", "kfac[fisher=mc,separate=true]"]``:
+    commas inside brackets belong to a parameter point."""
+    names, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            names.append(current)
+            current = ""
+        else:
+            current += char
+    names.append(current)
+    return [n.strip() for n in names if n.strip()]
+
+
 def get_entry(name: str) -> type["Entry"]:
     """The class of an entry, by its registered name (any parameter point of it: ``kfac[fisher=mc]``)."""
     base, _ = parse_point(name)

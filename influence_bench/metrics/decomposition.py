@@ -18,6 +18,16 @@ from influence_bench.metrics.paired import difference_interval, verdict
 
 CHAIN = ("hessian", "ggn", "block-ggn", "ekfac", "kfac")
 HYBRID = "kfac-eigvals-in-block-basis"
+HYBRID_RUNG = "hybrid"
+# the chain in the suite's configuration (PROTOCOL.md section 6) and in the authors' (section 10): rung -> entry;
+# the hybrid rung (block-GGN eigenbasis with K-FAC eigenvalues) is optional
+CONFIGURATIONS: dict[str, dict[str, str]] = {
+    "ours": {"hessian": "hessian", "ggn": "ggn", "block-ggn": "block-ggn", "ekfac": "ekfac", "kfac": "kfac",
+             HYBRID_RUNG: HYBRID},
+    "authors": {"hessian": "hessian", "ggn": "ggn", "block-ggn": "block-ggn[blocks=tensor]",
+                "ekfac": "ekfac[fisher=mc,separate=true]", "kfac": "kfac[fisher=mc,separate=true,inverse=heuristic]"},
+}
+AUTHORS_ENTRIES = tuple(CONFIGURATIONS["authors"].values())
 NAN = float("nan")
 
 

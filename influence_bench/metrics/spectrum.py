@@ -36,7 +36,10 @@ def layer_eigvals(curv: EigenCurvature, layer: slice) -> torch.Tensor:
             else:
                 return block.eigvals[local]  # diagonal
             return torch.linalg.eigvalsh((rows * lam) @ rows.T)
-    raise ValueError(f"layer {layer} is not inside one block of the curvature")
+    inside = [block for s, block in zip(curv.slices, curv.blocks) if layer.start <= s.start and s.stop <= layer.stop]
+    if inside and sum(b.dim for b in inside) == layer.stop - layer.start:
+        return torch.cat([b.eigvals for b in inside])  # finer blocks (one per tensor) tile the layer
+    raise ValueError(f"layer {layer} is neither inside one block of the curvature nor tiled by its blocks")
 
 
 def lanczos_of_entry(ctx: MetricContext) -> tuple[torch.Tensor, torch.Tensor]:

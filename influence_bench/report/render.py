@@ -6,6 +6,7 @@ import base64
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from influence_bench import schema
-from influence_bench.report import tables
+from influence_bench.report import claims, study, tables
 from influence_bench.report.figures import FIGURES, draw_figures
 
 RUN_FIRST = "run `influence-bench run` first and pass the directory it wrote (results/TASK-PRESET by default)"
@@ -179,8 +180,38 @@ def decomposition_text(decomposition: pd.DataFrame, split: pd.DataFrame) -> str:
     return " ".join([text, *conclusions]) if conclusions else text + " No entry of the chain ran."
 
 
+def study_sections(results: pd.DataFrame, order: list[str],
+                   runs: dict[str, tuple[pd.DataFrame, tables.Bootstrap]]) -> list[Section]:
+    """Leave-one-out beside LDS, the task versions' reference models, and the paper's claims."""
+    found = []
+    if study.has_loo(results):
+        found.append(Section(
+            "loo", "Leave-one-out",
+            "Leave-one-out correlation (PROTOCOL.md section 4): K training points removed one at a time and "
+            "retrained with R seeds beside full-data models on the same seeds; per test point the Pearson and "
+            "Spearman correlation over the removed points between the predicted effect of removing a point "
+            "(minus its score) and the actual mean change of the test loss, averaged over test points, with the "
+            "95% bootstrap CI and LDS beside it. The last row is each column's noise ceiling (split-half, clipped at 0, "
+            "Spearman-Brown). Tuned: the held-out half of the test queries at the entry's tuned damping.",
+            tables=[table_view(study.loo_table(results, order))]))
+    found.append(Section(
+        "versions", "Task versions",
+        "The state of each task version's reference model (influence functions assume a minimum: a gradient "
+        "norm near 0 and no negative Hessian eigenvalues), its noise ceilings, and the leave-one-out correlation "
+        "of the exact entries (fixed damping).",
+        tables=[table_view(study.versions_table({label: table for label, (table, _) in runs.items()}))]))
+    verdicts = study.claims_for(runs)
+    if len(verdicts):
+        found.append(Section("claims", "The paper's claims", study.CLAIMS_TEXT,
+                             tables=[table_view(claims.claims_display(verdicts[verdicts.task == task])
+                                                .drop(columns="task"), caption=task)
+                                     for task in verdicts.task.unique()]))
+    return found
+
+
 def sections(results: pd.DataFrame, rank: pd.DataFrame, decomposition: pd.DataFrame, split: pd.DataFrame,
-             grid: pd.DataFrame, boot: tables.Bootstrap) -> list[Section]:
+             grid: pd.DataFrame, boot: tables.Bootstrap,
+             runs: dict[str, tuple[pd.DataFrame, tables.Bootstrap]] | None = None) -> list[Section]:
     order = list(rank.index)
     found = [
         Section("leaderboard", "Ranking", ranking_text(rank, boot),
@@ -215,6 +246,7 @@ def sections(results: pd.DataFrame, rank: pd.DataFrame, decomposition: pd.DataFr
                 "GGN and Hessian (read by the dense entries), and the GGN reference of the fidelity metrics.",
                 tables=[table_view(tables.cost_table(results, order))]),
     ]
+    found[2:2] = study_sections(results, order, runs or {study.run_label(results): (results, boot)})
     declined = tables.skipped_table(results)
     if len(declined):
         found.append(Section("skipped", "Skipped",
@@ -244,7 +276,9 @@ def environment() -> jinja2.Environment:
 
 def render_documents(results: pd.DataFrame, decomposition: pd.DataFrame, split: pd.DataFrame,
                      spectra: dict[str, np.ndarray], grid: pd.DataFrame | None = None,
-                     boot: tables.Bootstrap | None = None) -> tuple[str, str, dict[str, bytes]]:
+                     boot: tables.Bootstrap | None = None,
+                     versions: dict[str, tuple[pd.DataFrame, tables.Bootstrap]] | None = None,
+                     ) -> tuple[str, str, dict[str, bytes]]:
     """The Markdown, the HTML and the figures' PNG bytes, all in memory."""
     grid = pd.DataFrame(columns=list(schema.GRID_COLUMNS)) if grid is None else grid
     boot = tables.Bootstrap.missing() if boot is None else boot
@@ -253,7 +287,8 @@ def render_documents(results: pd.DataFrame, decomposition: pd.DataFrame, split: 
     context = {
         "title": f"Influence-function curvature leaderboard: {tables.constant(results, 'task')}",
         "subtitle": f"preset {tables.constant(results, 'preset')}, run {tables.constant(results, 'timestamp')}",
-        "sections": sections(results, rank, decomposition, split, grid, boot),
+        "sections": sections(results, rank, decomposition, split, grid, boot,
+                             {study.run_label(results): (results, boot), **(versions or {})}),
         "provenance": tables.provenance(results),
         "figures": FIGURES,
     }
@@ -277,16 +312,25 @@ def write_atomically(path: Path, content: bytes) -> None:
         raise
 
 
-def write_report(results_dir: Path, out_dir: Path = Path("reports")) -> dict[str, Path]:
-    """Write leaderboard.md, leaderboard.html, figures/*.png and results.csv for a results directory into out_dir."""
+def load_version(results_dir: Path) -> tuple[str, tuple[pd.DataFrame, tables.Bootstrap]]:
+    """Another task version of the study: its label, its table and its paired draws."""
+    results = load_results(Path(results_dir))
+    return study.run_label(results), (results, load_bootstrap(Path(results_dir) / schema.BOOTSTRAP_FILE))
+
+
+def write_report(results_dir: Path, out_dir: Path = Path("reports"), versions: Sequence[Path] = ()) -> dict[str, Path]:
+    """Write leaderboard.md, leaderboard.html, figures/*.png and results.csv for a results directory into
+    out_dir; ``versions``: results directories of other task versions whose claims and reference models
+    the report shows beside this one's."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
+    others = dict(load_version(v) for v in versions)
     results = load_results(results_dir)
     decomposition = load_csv(results_dir / schema.DECOMPOSITION_FILE, schema.DECOMPOSITION_COLUMNS)
     split = load_csv(results_dir / schema.SPLIT_FILE, schema.SPLIT_COLUMNS)
     grid = load_csv(results_dir / schema.GRID_FILE, schema.GRID_COLUMNS)
     spectra = load_spectra(results_dir / schema.SPECTRA_FILE)
     boot = load_bootstrap(results_dir / schema.BOOTSTRAP_FILE)
-    markdown, html, pngs = render_documents(results, decomposition, split, spectra, grid, boot)
+    markdown, html, pngs = render_documents(results, decomposition, split, spectra, grid, boot, others)
 
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     written = {}

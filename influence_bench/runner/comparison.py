@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 
 from influence_bench.groundtruth.lds import LDSGroundTruth
-from influence_bench.metrics.decomposition import CHAIN, HYBRID, basis_eigenvalue_split, chain_table
+from influence_bench.metrics.decomposition import CONFIGURATIONS, basis_eigenvalue_split, chain_table
 from influence_bench.metrics.lds import predicted_subset_effects
 from influence_bench.metrics.paired import PairedBootstrap, PairedResamples
 from influence_bench.runner.evaluation import EntryResult, dev_eval_split
 from influence_bench.schema import BOOTSTRAP_TRACKS, RANKING_ALPHA, bootstrap_key
 
-CHAIN_ENTRIES = frozenset(CHAIN) | {HYBRID}  # the rungs of the chain: compared at every track and alpha
+# the rungs of the chain in every configuration: compared at every track and alpha
+CHAIN_ENTRIES = frozenset(e for rungs in CONFIGURATIONS.values() for e in rungs.values())
 
 
 def needs_bootstrap(track: str, alpha: float, entry: str) -> bool:

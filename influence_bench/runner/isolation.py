@@ -45,6 +45,7 @@ class Job:
     dense_limit: int
     plugins: list[str]
     shared: list[str]  # dense matrices some entry reads ("ggn", "hessian"): computed once, in the reference process
+    alphas: list[float] | None = None  # a subset of the preset's alphas (None: all of them)
 
     def write(self, workdir: Path) -> None:
         (workdir / "job.json").write_text(json.dumps(self.__dict__))
@@ -72,8 +73,8 @@ def load_problem(job: Job):
     problem = InfluenceProblem(model, spec.data, name=spec.key, dense_limit=job.dense_limit)
     grads = torch.load(job.gradients, weights_only=True)
     problem.set_gradients(grads["train"], grads["test"])
-    gt = build_lds_groundtruth(spec, get_preset(job.preset), Path(job.cache_dir) if job.cache_dir else None,
-                               progress=False)
+    preset = get_preset(job.preset).with_alphas(tuple(job.alphas) if job.alphas else None)
+    gt = build_lds_groundtruth(spec, preset, Path(job.cache_dir) if job.cache_dir else None, progress=False)
     return problem, gt
 
 
@@ -87,10 +88,10 @@ def build_reference_here(workdir: Path) -> int:
 
     job = Job.read(workdir)
     problem, _ = load_problem(job)
-    reference, times = prepare_shared(problem, job.damping, job.eps, set(job.shared))
+    reference, times, stats = prepare_shared(problem, job.damping, job.eps, set(job.shared))
     if problem.is_computed("hessian"):
         _save(workdir / HESSIAN_FILE, lambda p: torch.save(problem.hessian, p))
-    _save(workdir / SHARED_TIMES_FILE, lambda p: p.write_text(json.dumps(times)))
+    _save(workdir / SHARED_TIMES_FILE, lambda p: p.write_text(json.dumps({"times": times, "stats": stats})))
     _save(workdir / REFERENCE_FILE, reference.save)  # last: its presence means everything is there
     return 0
 
@@ -153,16 +154,17 @@ def _tail(proc: subprocess.CompletedProcess) -> str:
     return " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
 
 
-def build_reference_isolated(workdir: Path, timeout_s: float) -> tuple[Path, dict[str, float]]:
-    """Build the GGN reference (and the shared dense matrices) in a process of its own: its path and the
-    seconds each shared piece took (raises RuntimeError on failure)."""
+def build_reference_isolated(workdir: Path, timeout_s: float) -> tuple[Path, dict[str, float], dict[str, float]]:
+    """Build the GGN reference (and the shared dense matrices) in a process of its own: its path, the
+    seconds each shared piece took and the Hessian's statistics (raises RuntimeError on failure)."""
     try:
         proc = _run(workdir, ["--reference"], timeout_s)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"building the GGN reference timed out after {timeout_s:.0f} s") from None
     if proc.returncode != 0 or not (workdir / REFERENCE_FILE).exists():
         raise RuntimeError(f"building the GGN reference failed (exit code {proc.returncode}): {_tail(proc)}")
-    return workdir / REFERENCE_FILE, json.loads((workdir / SHARED_TIMES_FILE).read_text())
+    shared = json.loads((workdir / SHARED_TIMES_FILE).read_text())
+    return workdir / REFERENCE_FILE, shared["times"], shared["stats"]
 
 
 def evaluate_all_isolated(workdir: Path, entries: list, timeout_s: float, jobs: int = 1,

@@ -20,9 +20,12 @@ def shared_needs(entry_classes: Iterable[type]) -> set[str]:
 
 
 def prepare_shared(problem: InfluenceProblem, damping: float, eps: float,
-                   needs: set[str]) -> tuple[GGNReference, dict[str, float]]:
-    """Build the reference (and the dense Hessian where an entry needs it); wall seconds of each."""
-    times = {}
+                   needs: set[str]) -> tuple[GGNReference, dict[str, float], dict[str, float]]:
+    """Build the reference (and the dense Hessian where an entry needs it); wall seconds of each, and
+    the Hessian's negative-eigenvalue counts where it was built."""
+    from influence_bench.runner.task_rows import hessian_statistics
+
+    times, stats = {}, {}
     if problem.dense_allowed:
         start = time.perf_counter()
         _ = problem.ggn
@@ -34,7 +37,8 @@ def prepare_shared(problem: InfluenceProblem, damping: float, eps: float,
             start = time.perf_counter()
             _ = problem.hessian
             times["hessian_s"] = time.perf_counter() - start
+            stats = hessian_statistics(problem.hessian)
     start = time.perf_counter()
     reference = build_reference(problem, damping, eps)
     times["reference_s"] = time.perf_counter() - start
-    return reference, times
+    return reference, times, stats
