@@ -63,13 +63,24 @@ class RunResults:
         return result.scores_fixed if track == "fixed" else result.scores_tuned
 
 
+def default_entries() -> list[str]:
+    """Every registered entry at its default point, then the points the paper's study compares: the
+    MC-Fisher rungs beside K-FAC and EK-FAC (PROTOCOL.md section 6) and the authors' configuration
+    (section 10)."""
+    from influence_bench.entries import ENTRIES
+    from influence_bench.metrics.decomposition import AUTHORS_ENTRIES
+
+    study = ("ekfac[fisher=mc]", "kfac[fisher=mc]", *AUTHORS_ENTRIES)
+    return list(dict.fromkeys([*ENTRIES, *study]))
+
+
 def resolve_entries(entries: Sequence[str | Entry] | None, damping: float, eps: float) -> list[str | Entry]:
     """Registered names stay names (each process builds its own), in canonical form
     (``kfac[separate=true,fisher=mc]`` -> ``kfac[fisher=mc,separate=true]``); unknown names, parameters
     or values fail before any work."""
-    from influence_bench.entries import ENTRIES, make_entry
+    from influence_bench.entries import make_entry
 
-    chosen = list(entries) if entries else list(ENTRIES)
+    chosen = list(entries) if entries else default_entries()
     for i, e in enumerate(chosen):
         if isinstance(e, str):
             chosen[i] = make_entry(e, damping, eps).name  # raises UnknownEntryError saying what is valid

@@ -146,7 +146,7 @@ def groundtruth(
 def run(
     task: str = TaskOption,
     preset: str = PresetOption,
-    entries: Optional[str] = typer.Option(None, "--entries", help="Comma-separated entry names, each with an optional parameter point: kfac[fisher=mc,separate=true] (default: all at their defaults)."),
+    entries: Optional[str] = typer.Option(None, "--entries", help="Comma-separated entry names, each with an optional parameter point: kfac[fisher=mc,separate=true] (default: every entry at its default point, the MC rungs and the authors' configuration)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results directory (default: results/TASK-PRESET)."),
     cache_dir: Optional[Path] = CacheOption,
     device: str = DeviceOption,

@@ -152,3 +152,24 @@ def test_layer_spectrum_of_per_tensor_blocks_is_the_union_of_its_blocks(tiny_pro
     for layer in tiny_problem.layer_slices:
         expected = torch.linalg.eigvalsh(dense[layer, layer])
         assert torch.allclose(torch.sort(layer_eigvals(curv, layer)).values, expected, atol=1e-10)
+
+
+def test_entry_lists_keep_the_commas_of_a_point_together():
+    from influence_bench.entries import split_names
+
+    assert split_names("identity, kfac[fisher=mc,separate=true],block-ggn[blocks=tensor]") == [
+        "identity", "kfac[fisher=mc,separate=true]", "block-ggn[blocks=tensor]"]
+
+
+def test_cli_names_a_bad_point_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from influence_bench.cli import app
+
+    out = tmp_path / "never"
+    result = CliRunner().invoke(app, ["run", "--preset", "smoke", "--entries", "identity,kfac[fisher=mc,separate=maybe]",
+                                      "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "entry 'kfac': separate=maybe is not in its grid; separate takes false, true" in message
+    assert not out.exists()

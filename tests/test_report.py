@@ -658,3 +658,45 @@ def test_bootstrap_keys_are_the_schema_keys():
 def test_the_results_table_travels_with_the_leaderboard(results_dir, report):
     assert report["results"] == report["html"].parent / "results.csv"
     assert report["results"].read_bytes() == (results_dir / "results.csv").read_bytes()
+
+
+def with_study_rows(results_dir: Path, task: str, grad_norm: float, negatives: float) -> Path:
+    """Add what a run records about the task (reference model, ceilings) and each entry's LOO rows."""
+    table = read_results(results_dir)
+    rows = [schema.row(tables.SHARED_GRADIENTS, "diagnostics", "reference_train_loss", 8e-4, False),
+            schema.row(tables.SHARED_GRADIENTS, "diagnostics", "reference_grad_norm", grad_norm, False),
+            schema.row(tables.SHARED_GRADIENTS, "diagnostics", "reference_negative_hessian_eigenvalues_beyond_noise",
+                       negatives, None),
+            schema.row(tables.SHARED_GRADIENTS, "fixed", "noise_ceiling", 0.935, True, alpha=0.5),
+            schema.row(tables.SHARED_GRADIENTS, "fixed", "loo_pearson_ceiling", 0.796, True),
+            schema.row(tables.SHARED_GRADIENTS, "fixed", "loo_spearman_ceiling", 0.548, True)]
+    for i, entry in enumerate(sorted(TUNED_LDS)):
+        for track in schema.TRACKS:
+            for metric in ("loo_pearson", "loo_spearman"):
+                value = 0.1 + i / 100
+                rows.append(schema.row(entry, track, metric, value, True, ci_low=value - 0.05, ci_high=value + 0.05,
+                                       ceiling=0.796 if metric == "loo_pearson" else 0.548))
+    extra = pd.DataFrame(rows, columns=list(schema.ROW_COLUMNS)).assign(**{**PROVENANCE, "task": task})
+    table = pd.concat([table.assign(task=task), extra], ignore_index=True)
+    table.to_parquet(results_dir / schema.RESULTS_FILE, index=False)
+    table.to_csv(results_dir / schema.RESULTS_CSV, index=False)
+    return results_dir
+
+
+def test_study_sections_show_loo_task_versions_and_claims_per_version(tmp_path):
+    constant = with_study_rows(make_results_dir(tmp_path, name="constant"), "digits-mlp", 1.537e-3, 2700)
+    cosine = with_study_rows(make_results_dir(tmp_path, name="cosine"), "digits-mlp-cosine", 4.2e-4, 2500)
+    written = write_report(constant, tmp_path / "reports", versions=[cosine])
+    md = written["markdown"].read_text()
+    loo = section(md, "Leave-one-out")
+    assert "| noise ceiling | 0.925 | 0.796 | 0.548 | 0.925 | 0.796 | 0.548 |" in loo
+    ekfac = next(line for line in loo.splitlines() if line.startswith("| ekfac |"))
+    assert "| 0.600 [0.500, 0.700] | 0.110 [0.060, 0.160] |" in ekfac  # tuned LDS beside LOO
+    versions = section(md, "Task versions")
+    assert "digits-mlp (smoke)" in versions and "digits-mlp-cosine (smoke)" in versions
+    assert "| 1.54e-03 | 2,700 |" in versions and "| 4.20e-04 | 2,500 |" in versions
+    claims = section(md, "The paper's claims")
+    assert "*digits-mlp (smoke)*" in claims and "*digits-mlp-cosine (smoke)*" in claims
+    # ekfac (0.6) above kfac (0.4): the EK-FAC -> K-FAC step loses LDS, the chain's H -> GGN step gains
+    assert "| C1: ekfac -> kfac | holds |" in claims and "| C1: hessian -> ggn | contradicted |" in claims
+    assert "authors" in claims and "was not run" in claims  # the authors' rungs were not in these runs

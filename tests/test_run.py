@@ -263,3 +263,20 @@ def test_peak_memory_is_the_entry_process_own():
                                                check=True).stdout.split())
     del ballast
     assert own < 1000 < inherited  # ru_maxrss would have reported the parent's 1.5 GB
+
+
+def test_runs_record_parameters_loo_and_the_reference_model(tiny_run):
+    _, out, _ = tiny_run
+    table = pd.read_parquet(out / schema.RESULTS_FILE)
+    kfac = table[table.entry == "kfac"]
+    assert (kfac["param.fisher"] == "type-2").all() and (kfac["param.separate"] == "false").all()
+    assert (table[table.entry == "identity"]["param.fisher"] == "").all()
+    for entry in CHAIN:  # every entry that ran has LOO on both tracks, beside its ceiling
+        loo = table[(table.entry == entry) & table.metric.isin(["loo_pearson", "loo_spearman"])]
+        assert sorted(loo.track) == ["fixed", "fixed", "tuned", "tuned"], entry
+        assert loo.value.between(-1, 1).all() and loo.ceiling.notna().all()
+    shared = table[table.entry == schema.SHARED_GRADIENTS].set_index(["track", "metric"])
+    assert shared.loc[("diagnostics", "reference_grad_norm"), "value"].item() > 0
+    assert shared.loc[("diagnostics", "reference_train_loss"), "value"].item() > 0
+    ceilings = shared.loc[("fixed", "noise_ceiling")]
+    assert len(ceilings) == 4 and ceilings.message.str.contains("clipped at 0").all()

@@ -31,12 +31,12 @@ def loo_table(results: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     columns: dict[str, pd.Series] = {}
     ceiling: list[str] = []
     for track in schema.TRACKS:
-        lds = tables.metric_rows(results, track, schema.LDS, schema.RANKING_ALPHA).set_index("entry")
+        lds = tables.metric_rows(results, track, schema.LDS, schema.RANKING_ALPHA)
         columns[f"LDS α={schema.RANKING_ALPHA:g} ({track})"] = lds.apply(
             lambda r: tables.with_ci(r.value, r.ci_low, r.ci_high), axis=1) if len(lds) else pd.Series(dtype=str)
         ceiling.append(tables.decimals(lds.ceiling.mean()) if len(lds) else tables.NA)
         for metric, label in LOO_METRICS.items():
-            rows = tables.metric_rows(results, track, metric).set_index("entry")
+            rows = tables.metric_rows(results, track, metric)
             columns[f"LOO {label} ({track})"] = rows.apply(
                 lambda r: tables.with_ci(r.value, r.ci_low, r.ci_high), axis=1) if len(rows) else pd.Series(dtype=str)
             ceiling.append(tables.decimals(rows.ceiling.mean()) if len(rows) else tables.NA)
@@ -56,6 +56,10 @@ def _shared(results: pd.DataFrame, metric: str, track: str = "diagnostics", alph
     return float(rows.value.iloc[0]) if len(rows) else float("nan")
 
 
+def _scientific(x: float) -> str:
+    return tables.NA if pd.isna(x) else f"{x:.2e}"
+
+
 def _count(x: float) -> str:
     return tables.NA if pd.isna(x) else f"{int(x):,}"
 
@@ -65,13 +69,12 @@ def versions_table(runs: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     eigenvalues, the LDS ceiling at the ranking alpha, the LOO ceilings, and the exact entries' LOO."""
     rows = []
     for label, results in runs.items():
-        pearson = tables.metric_rows(results, "fixed", "loo_pearson")
-        loo = {e: float(pearson[pearson.entry == e].value.iloc[0]) if (pearson.entry == e).any() else np.nan
-               for e in ("ggn", "hessian")} if len(pearson) else {"ggn": np.nan, "hessian": np.nan}
+        pearson = tables.metric_rows(results, "fixed", "loo_pearson").value
+        loo = {e: float(pearson.get(e, np.nan)) for e in ("ggn", "hessian")}
         rows.append({
             "task version": label,
-            "train loss": tables.significant(_shared(results, "reference_train_loss")),
-            "gradient norm": tables.significant(_shared(results, "reference_grad_norm")),
+            "train loss": _scientific(_shared(results, "reference_train_loss")),
+            "gradient norm": _scientific(_shared(results, "reference_grad_norm")),
             "negative Hessian eigenvalues (beyond round-off)": _count(
                 _shared(results, "reference_negative_hessian_eigenvalues_beyond_noise")),
             f"LDS ceiling α={schema.RANKING_ALPHA:g}": tables.decimals(
