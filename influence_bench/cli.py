@@ -63,7 +63,9 @@ def _items() -> dict[str, list[dict]]:
         {"name": t.name, "version": t.version, "key": t.key, "n_params": t.n_params, "description": t.description}
         for t in TASKS.values()
     ]
-    entries = [{"name": name, "description": cls.description, "capabilities": ",".join(sorted(cls.capabilities)) or "-"}
+    entries = [{"name": name, "description": cls.description, "capabilities": ",".join(sorted(cls.capabilities)) or "-",
+                "parameters": "; ".join(f"{k}={'|'.join(str(v).lower() for v in values)}"
+                                        for k, values in cls.parameters.items()) or "-"}
                for name, cls in ENTRIES.items()]
     presets = [{"name": p.name, "n_masks": p.n_masks, "n_seeds": p.n_seeds, "n_trainings": p.n_trainings,
                 "description": p.description} for p in PRESETS.values()]
@@ -85,7 +87,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON: {\"tas
         for column in rows[0]:
             table.add_column(column)
         for row in rows:
-            table.add_row(*(str(v) for v in row.values()))
+            table.add_row(*(escape(str(v)) for v in row.values()))
         console.print(table)
 
 

@@ -25,6 +25,9 @@ DENSE_LIMIT_ENV = "INFLUENCE_BENCH_DENSE_LIMIT"
 DEFAULT_DENSE_LIMIT = 10_000  # parameters: a dense float64 [P, P] matrix is 800 MB at this size
 
 
+BLOCK_KINDS = ("layer", "tensor")  # block-diagonal curvatures: one block per layer, or per parameter tensor
+
+
 def default_dense_limit() -> int:
     return int(os.environ.get(DENSE_LIMIT_ENV, DEFAULT_DENSE_LIMIT))
 
@@ -74,7 +77,7 @@ class InfluenceProblem:
 
     def block_slices(self, by: str) -> list[slice]:
         """The slices of a block-diagonal curvature: ``by="layer"`` or ``"tensor"``."""
-        if by not in ("layer", "tensor"):
+        if by not in BLOCK_KINDS:
             raise ValueError(f"blocks by {by!r}; use layer or tensor")
         return self.layer_slices if by == "layer" else self.tensor_slices
 

@@ -173,3 +173,16 @@ def test_cli_names_a_bad_point_before_any_work(tmp_path):
     message = " ".join(result.stderr.split())  # rich wraps long lines
     assert "entry 'kfac': separate=maybe is not in its grid; separate takes false, true" in message
     assert not out.exists()
+
+
+def test_registry_keeps_the_chain_order_and_list_shows_each_grid():
+    import json
+
+    from typer.testing import CliRunner
+
+    from influence_bench.cli import app
+
+    assert list(ENTRIES)[:6] == ["hessian", "block-hessian", "ggn", "block-ggn", "ekfac", "kfac"]
+    listed = {e["name"]: e["parameters"] for e in json.loads(CliRunner().invoke(app, ["list", "--json"]).stdout)["entries"]}
+    assert listed["kfac"] == "fisher=type-2|mc|empirical; samples=1|4|16; separate=false|true; inverse=exact|heuristic"
+    assert listed["identity"] == "-"

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from influence_bench.curvature.eigen import EigenCurvature
 from influence_bench.entries.base import DenseEntry, register
-
-BLOCKS = ("layer", "tensor")
+from influence_bench.problem import BLOCK_KINDS
 
 
 @register
@@ -38,7 +37,7 @@ class BlockGGN(DenseEntry):
     name = "block-ggn"
     description = "exact GGN, one block per layer (or per tensor: blocks=tensor)"
     uses = frozenset({"ggn"})  # its blocks are sliced from the shared GGN below the dense limit
-    parameters = {"blocks": BLOCKS}
+    parameters = {"blocks": BLOCK_KINDS}
 
     def skip(self, problem):
         return largest_block_reason(problem, "dense diagonal GGN blocks", self.params["blocks"])

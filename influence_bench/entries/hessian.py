@@ -12,7 +12,7 @@ import torch
 
 from influence_bench.curvature.eigen import EigenCurvature
 from influence_bench.entries.base import DenseEntry, register
-from influence_bench.entries.ggn import BLOCKS
+from influence_bench.problem import BLOCK_KINDS
 
 NEGATIVE = ("zero", "abs", "keep")
 
@@ -67,7 +67,7 @@ class BlockHessian(HessianEntry):
     name = "block-hessian"
     description = "exact Hessian, one block per layer (or per tensor: blocks=tensor)"
     dense_what = "the dense Hessian (its blocks are sliced from it)"
-    parameters = {"blocks": BLOCKS, **HessianEntry.parameters}
+    parameters = {"blocks": BLOCK_KINDS, **HessianEntry.parameters}
 
     def decompose(self, problem):
         by = self.params["blocks"]

@@ -50,6 +50,13 @@ def groundtruth_dir(spec: TaskSpec, preset: Preset, cache_dir: Path | None = Non
     return Path(cache_dir or default_cache_dir()) / "groundtruth" / spec.key / f"{preset.name}-{key}"
 
 
+def models_bar(desc: str, total: int, done: int, progress: bool) -> tqdm:
+    """One progress bar in trained models (fractional while an epoch of a chunk runs)."""
+    return tqdm(total=total, initial=done, unit="model", disable=not progress, desc=desc, smoothing=0.05,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} models "
+                           "[{elapsed}<{remaining}, {rate_fmt}]")
+
+
 def _chunk_name(alpha: float, chunk: int) -> str:
     return f"alpha{alpha:.2f}/chunk{chunk:03d}.npz"
 
@@ -93,10 +100,7 @@ def build_lds_groundtruth(
                 losses[a, part] = cached["losses"]
 
     done_models = preset.n_trainings - sum((p.stop - p.start) * preset.n_seeds for _, _, p in todo)
-    bar = tqdm(total=preset.n_trainings, initial=done_models, unit="model", disable=not progress,
-               desc=f"ground truth {spec.name}/{preset.name}", smoothing=0.05,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} models "
-                          "[{elapsed}<{remaining}, {rate_fmt}]")
+    bar = models_bar(f"ground truth {spec.name}/{preset.name}", preset.n_trainings, done_models, progress)
     with bar:
         for a, c, part in todo:
             masks = all_masks[a, part]

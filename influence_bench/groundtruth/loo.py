@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from influence_bench import PROTOCOL_VERSION, __version__
 from influence_bench.groundtruth.cache import ArtifactStore, content_key, default_cache_dir
+from influence_bench.groundtruth.lds import models_bar
 from influence_bench.groundtruth.presets import Preset
 from influence_bench.tasks.spec import TaskData, TaskSpec
 from influence_bench.training.batched import StackedMLP, train_batched
@@ -118,10 +118,8 @@ def build_loo_groundtruth(
             losses_without[part] = cached["losses"]
 
     n_todo = sum((p.stop - p.start) * preset.n_seeds for _, p in todo) + (preset.n_seeds if full is None else 0)
-    bar = tqdm(total=preset.n_loo_trainings, initial=preset.n_loo_trainings - n_todo, unit="model",
-               disable=not progress, desc=f"leave-one-out {spec.name}/{preset.name}", smoothing=0.05,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} models "
-                          "[{elapsed}<{remaining}, {rate_fmt}]")
+    bar = models_bar(f"leave-one-out {spec.name}/{preset.name}", preset.n_loo_trainings,
+                     preset.n_loo_trainings - n_todo, progress)
     with bar:
         if losses_full is None:
             members = torch.ones(preset.n_seeds, data.n_train, dtype=torch.bool)
