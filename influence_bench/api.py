@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from influence_bench import schema
+from influence_bench import __version__, schema
 from influence_bench.curvature.eigen import DEFAULT_DAMPING, DEFAULT_EPS
 from influence_bench.entries.base import Entry
 
@@ -93,6 +93,10 @@ def resolve_entries(entries: Sequence[str | Entry] | None, damping: float, eps: 
     return chosen
 
 
+def _name(entry: str | Entry) -> str:
+    return entry if isinstance(entry, str) else entry.name
+
+
 def _say(message: str, progress: bool) -> None:
     if progress:
         print(message, file=sys.stderr, flush=True)
@@ -102,18 +106,22 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
         out: str | Path | None = None, isolate: bool = True, cache_dir: str | Path | None = None,
         device: str = "cpu", plugins: Sequence[str] = (), damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS,
         dense_limit: int | None = None, entry_timeout_s: float = ENTRY_TIMEOUT_S, jobs: int = 1,
-        progress: bool = True, alphas: Sequence[float] | None = None, loo: bool = True) -> RunResults:
+        progress: bool = True, alphas: Sequence[float] | None = None, loo: bool = True,
+        fresh: bool = False) -> RunResults:
     """Run entries against a task's ground truth (built first if it is not cached) and return the results.
 
     jobs: entries evaluated at once, each in its own process with cores // jobs threads (isolated
     runs only); their times are then those of a process with that many threads beside the others.
     alphas: a subset of the preset's alphas (its own ground truth). loo: also the leave-one-out
     ground truth (PROTOCOL.md section 4) and every entry's LOO correlations.
+    out: each entry's outcome is kept there as it finishes; the same call on a directory of a killed
+    run evaluates only the unfinished entries, a call of another configuration is refused
+    (``resume.ResultsDirError``), and ``fresh=True`` starts over.
     """
     from influence_bench.groundtruth import build_lds_groundtruth, build_loo_groundtruth, get_preset, reference_model
     from influence_bench.metrics.reference import GGNReference
     from influence_bench.problem import InfluenceProblem
-    from influence_bench.runner import comparison, isolation, task_rows
+    from influence_bench.runner import comparison, isolation, resume, task_rows
     from influence_bench.runner.evaluation import EvalSettings, evaluate_entry, failed, peak_rss_mb
     from influence_bench.runner.persistence import write_results_dir
     from influence_bench.runner.plugins import load_plugins
@@ -127,6 +135,18 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     chosen = resolve_entries(entries, damping, eps)
     cache = Path(cache_dir) if cache_dir else None
     out_dir = Path(out) if out is not None else None
+    done: dict = {}
+    if out_dir is not None:
+        from influence_bench.runner.provenance import git_commit
+
+        config = {"task": spec.key, "task_fingerprint": spec.fingerprint, "preset": chosen_preset.to_dict(),
+                  "loo_points": chosen_preset.loo_points if loo else None,
+                  "entries": [e if isinstance(e, str) else repr(e) for e in chosen], "damping": damping, "eps": eps,
+                  "dense_limit": dense_limit, "device": device, "plugins": list(plugins),
+                  "influence_bench_version": __version__, "git_commit": git_commit()}
+        done = resume.open_results_dir(out_dir, config, fresh)
+        if done:
+            _say(f"resuming {out_dir}: {len(done)} of {len(chosen)} entries already finished", progress)
 
     gt = build_lds_groundtruth(spec, chosen_preset, cache, device=device, progress=progress)
     loo_gt = build_loo_groundtruth(spec, chosen_preset, cache, device=device, progress=progress) if loo else None
@@ -157,21 +177,30 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
             reference, shared_times, hessian_stats = prepare_shared(problem, damping, eps, needs)
             load_reference = lambda: reference  # noqa: E731
 
-        bar = tqdm(total=len(chosen), desc="entries", unit="entry", disable=not progress)
+        todo = [e for e in chosen if _name(e) not in done]
+        bar = tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc="entries", unit="entry",
+                   disable=not progress)
+
+        def finished(result) -> None:
+            if out_dir is not None:
+                resume.save_outcome(out_dir, result)
+            bar.update()
+
         if isolate:
-            results = isolation.evaluate_all_isolated(workdir, chosen, entry_timeout_s, jobs, on_done=bar.update)
+            new = isolation.evaluate_all_isolated(workdir, todo, entry_timeout_s, jobs, on_done=finished)
         else:
-            results = []
-            for e in chosen:
-                name = e if isinstance(e, str) else e.name
-                bar.set_postfix_str(name)
+            new = []
+            for e in todo:
+                bar.set_postfix_str(_name(e))
                 try:
                     entry = make_entry(e, damping=damping, eps=eps) if isinstance(e, str) else e
-                    results.append(evaluate_entry(entry, problem, gt, settings, load_reference, isolated=False))
+                    new.append(evaluate_entry(entry, problem, gt, settings, load_reference, isolated=False))
                 except Exception as exc:  # noqa: BLE001 - one entry's failure must not lose the others'
-                    results.append(failed(name, f"{type(exc).__name__}: {exc}"))
-                bar.update()
+                    new.append(failed(_name(e), f"{type(exc).__name__}: {exc}"))
+                finished(new[-1])
         bar.close()
+        by_name = {**done, **{r.name: r for r in new}}
+        results = [by_name[_name(e)] for e in chosen]
         ggn_spectra = {f"ggn/layer{i}": np.sort(e.numpy()) for i, e in enumerate(load_reference().layer_eigvals or [])}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -160,6 +160,8 @@ def run(
     entry_timeout: float = typer.Option(3600, "--entry-timeout", help="Seconds before an entry is stopped and marked failed."),
     alphas: Optional[str] = AlphasOption,
     loo: bool = typer.Option(True, "--loo/--no-loo", help="Leave-one-out correlations beside LDS (builds the LOO ground truth if missing)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over: remove the results directory first (otherwise a run "
+                               "of the same configuration resumes it, and another configuration is refused)."),
 ):
     """Run entries against a task's ground truth (built first if missing) and write a results directory."""
     from influence_bench.entries import UnknownEntryError
@@ -185,9 +187,14 @@ def run(
     at = "" if chosen.alphas == get_preset(preset).alphas else "-alpha" + "-".join(f"{a:g}" for a in chosen.alphas)
     out_dir = out or Path("results") / f"{spec.name}-{chosen.name}{at}"
     start = time.perf_counter()
-    results = run_benchmark(task, names, preset, out=out_dir, isolate=isolate, cache_dir=cache_dir, device=device,
-                            plugins=plugin_list, damping=damping, dense_limit=dense_limit,
-                            entry_timeout_s=entry_timeout, jobs=jobs, alphas=chosen.alphas, loo=loo)
+    from influence_bench.runner.resume import ResultsDirError
+
+    try:
+        results = run_benchmark(task, names, preset, out=out_dir, isolate=isolate, cache_dir=cache_dir, device=device,
+                                plugins=plugin_list, damping=damping, dense_limit=dense_limit,
+                                entry_timeout_s=entry_timeout, jobs=jobs, alphas=chosen.alphas, loo=loo, fresh=fresh)
+    except ResultsDirError as exc:
+        fail(str(exc))
     print_lds_tables(results.table, damping)
     console.print(f"{time.perf_counter() - start:.0f} s; peak memory of this process "
                   f"{results.parent_peak_rss_mb:.0f} MB")

@@ -7,13 +7,15 @@ are atomic (temporary file, then rename; the hash is written last).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import platformdirs
@@ -38,6 +40,26 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def build_lock(root: Path, what: str, report: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the lock of the artifacts under ``root`` while building or reading them: a second process
+    building the same artifacts waits (saying so), then finds them in the cache instead of training
+    them again, and no process sees another's file mid-write (an ``fcntl`` lock on ``root/.lock``,
+    released by the system if its holder dies)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            (report or _warn)(f"waiting for another process building {what} in {root}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class CorruptArtifactError(RuntimeError):

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from influence_bench import PROTOCOL_VERSION, __version__
-from influence_bench.groundtruth.cache import ArtifactStore, content_key, default_cache_dir
+from influence_bench.groundtruth.cache import ArtifactStore, build_lock, content_key, default_cache_dir
 from influence_bench.groundtruth.presets import Preset
 from influence_bench.tasks.spec import TaskData, TaskSpec
 from influence_bench.training.batched import train_batched
@@ -62,6 +62,20 @@ def _chunk_name(alpha: float, chunk: int) -> str:
 
 
 def build_lds_groundtruth(
+    spec: TaskSpec,
+    preset: Preset,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    data: TaskData | None = None,
+) -> LDSGroundTruth:
+    """Load it from the cache, training whatever is missing or failed its check. One process at a time
+    builds it (``build_lock``): a second builder waits, then finds the models in the cache."""
+    with build_lock(groundtruth_dir(spec, preset, cache_dir), f"the LDS ground truth of {spec.key}/{preset.name}"):
+        return _build_lds_groundtruth(spec, preset, cache_dir, device, progress, data)
+
+
+def _build_lds_groundtruth(
     spec: TaskSpec,
     preset: Preset,
     cache_dir: Path | None = None,

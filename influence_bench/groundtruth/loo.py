@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from influence_bench import PROTOCOL_VERSION, __version__
-from influence_bench.groundtruth.cache import ArtifactStore, content_key, default_cache_dir
+from influence_bench.groundtruth.cache import ArtifactStore, build_lock, content_key, default_cache_dir
 from influence_bench.groundtruth.lds import models_bar
 from influence_bench.groundtruth.presets import Preset
 from influence_bench.tasks.spec import TaskData, TaskSpec
@@ -73,6 +73,20 @@ def _test_losses(stack: StackedMLP, data: TaskData, device: str, n_rows: int, n_
 
 
 def build_loo_groundtruth(
+    spec: TaskSpec,
+    preset: Preset,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    data: TaskData | None = None,
+) -> LOOGroundTruth:
+    """Load it from the cache, training whatever is missing or failed its check. One process at a time
+    builds it (``build_lock``): a second builder waits, then finds the models in the cache."""
+    with build_lock(loo_dir(spec, preset, cache_dir), f"the leave-one-out ground truth of {spec.key}/{preset.name}"):
+        return _build_loo_groundtruth(spec, preset, cache_dir, device, progress, data)
+
+
+def _build_loo_groundtruth(
     spec: TaskSpec,
     preset: Preset,
     cache_dir: Path | None = None,

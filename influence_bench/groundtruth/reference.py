@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from influence_bench import __version__
-from influence_bench.groundtruth.cache import ArtifactStore, content_key, default_cache_dir
+from influence_bench.groundtruth.cache import ArtifactStore, build_lock, content_key, default_cache_dir
 from influence_bench.tasks.spec import TaskData, TaskSpec
 from influence_bench.training.batched import train_batched
 
@@ -17,9 +17,14 @@ from influence_bench.training.batched import train_batched
 def reference_model(
     spec: TaskSpec, cache_dir: Path | None = None, device: str = "cpu", data: TaskData | None = None
 ) -> nn.Sequential:
-    """The task's reference model (cached, SHA-256 checked), as a float32 ``nn.Sequential``."""
-    data = data or spec.data
+    """The task's reference model (cached, SHA-256 checked), as a float32 ``nn.Sequential``; one process
+    at a time trains it."""
     root = Path(cache_dir or default_cache_dir()) / "models" / spec.key
+    with build_lock(root, f"the reference model of {spec.key}"):
+        return _reference_model(spec, root, device, data or spec.data)
+
+
+def _reference_model(spec: TaskSpec, root: Path, device: str, data: TaskData) -> nn.Sequential:
     store = ArtifactStore(root)
     name = f"reference-{content_key(spec.to_dict(), __version__)}.pt"
     model = spec.make_model()

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import traceback
@@ -147,7 +148,18 @@ def _run(workdir: Path, args: list[str], timeout_s: float, threads: int | None =
     if threads:
         env.update({THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)})
     return subprocess.run([sys.executable, "-m", "influence_bench.runner.isolation", str(workdir), *args],
-                          capture_output=True, text=True, timeout=timeout_s, env=env)
+                          capture_output=True, text=True, timeout=timeout_s, env=env, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In the worker, before it starts: SIGKILL it when the run's process dies (Linux), so a killed run
+    leaves no worker behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _tail(proc: subprocess.CompletedProcess) -> str:
@@ -168,13 +180,13 @@ def build_reference_isolated(workdir: Path, timeout_s: float) -> tuple[Path, dic
 
 
 def evaluate_all_isolated(workdir: Path, entries: list, timeout_s: float, jobs: int = 1,
-                          on_done=lambda: None) -> list[EntryResult]:
+                          on_done=lambda result: None) -> list[EntryResult]:
     """Every entry in its own process, ``jobs`` at a time (each with cores // jobs threads); in order."""
     if jobs == 1:
         out = []
         for e in entries:
             out.append(evaluate_isolated(workdir, e, timeout_s))
-            on_done()
+            on_done(out[-1])
         return out
     from concurrent.futures import ThreadPoolExecutor
 
@@ -182,7 +194,7 @@ def evaluate_all_isolated(workdir: Path, entries: list, timeout_s: float, jobs: 
 
     def one(e):
         result = evaluate_isolated(workdir, e, timeout_s, threads)
-        on_done()
+        on_done(result)
         return result
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait for their processes

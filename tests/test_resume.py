@@ -1,0 +1,141 @@
+"""A run killed with SIGKILL resumes; a results directory is never mixed between configurations; two
+ground-truth builders share the work through a lock."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from influence_bench import schema
+from influence_bench.runner.resume import ENTRIES_DIR, RUN_FILE
+
+TESTS = Path(__file__).parent
+ENTRIES = "identity,test-sleeps,kfac"
+OUTCOME_COLUMNS = ["entry", "track", "metric", "alpha", "value", "ci_low", "ci_high", "status"]
+
+
+def command(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "influence_bench.cli", "run", "--task", "digits-tiny", "--preset", "smoke",
+            "--plugins", "resume_plugins", "--entries", ENTRIES, "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    return root, dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+                      INFLUENCE_BENCH_CACHE=str(root / "cache"))
+
+
+def outcomes(out: Path) -> pd.DataFrame:
+    table = pd.read_parquet(out / schema.RESULTS_FILE)
+    table = table[~table.track.isin(["cost"])][OUTCOME_COLUMNS]
+    return table.sort_values(OUTCOME_COLUMNS[:4]).reset_index(drop=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead
+        return f.read().split()[2] != "Z"
+
+
+def test_a_killed_run_resumes_with_only_the_unfinished_entries_and_matches_an_uninterrupted_one(env):
+    root, environment = env
+    whole = subprocess.run(command(root / "whole"), env=environment, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+
+    out, pid_file = root / "killed", root / "worker.pid"
+    slow = dict(environment, RESUME_SLEEP_S="600", RESUME_PID_FILE=str(pid_file))
+    run = subprocess.Popen(command(out), env=slow, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert pid_file.exists(), "the run never reached the slow entry"
+    time.sleep(0.5)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    worker = int(pid_file.read_text())
+    for _ in range(40):  # the worker dies with its run (parent-death signal), not left as an orphan
+        if not alive(worker):
+            break
+        time.sleep(0.25)
+    assert not alive(worker)
+    finished = sorted(p.name for p in (out / ENTRIES_DIR).iterdir() if not p.name.startswith("."))
+    assert finished == ["identity"]  # the entry before the slow one was kept as it finished
+    kept = (out / ENTRIES_DIR / "identity" / "result.json").stat().st_mtime_ns
+
+    resumed = subprocess.run(command(out), env=environment, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 of 3 entries already finished" in resumed.stderr
+    assert (out / ENTRIES_DIR / "identity" / "result.json").stat().st_mtime_ns == kept  # not evaluated again
+    pd.testing.assert_frame_equal(outcomes(out), outcomes(root / "whole"))
+    for entry in ENTRIES.split(","):
+        for track in ("fixed", "tuned"):
+            name = f"{entry}.{track}.npy"
+            assert np.array_equal(np.load(out / schema.SCORES_DIR / name), np.load(root / "whole" / schema.SCORES_DIR / name))
+
+
+def test_another_configuration_is_refused_and_fresh_starts_over(env):
+    root, environment = env
+    out = root / "refused"
+    out.mkdir()
+    (out / RUN_FILE).write_text('{"task": "digits-tiny.v1", "damping": 0.001}')
+    refused = subprocess.run(command(out), env=environment, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    message = " ".join(refused.stderr.split())
+    assert "holds a run with another configuration" in message and "damping: 0.001 there, 0.0001 now" in message
+    assert "--fresh" in message and not (out / schema.RESULTS_FILE).exists()
+
+    stranger = root / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    refused = subprocess.run(command(stranger), env=environment, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "is not empty" in refused.stderr
+    assert (stranger / "notes.txt").read_text() == "mine"  # nothing of it is touched without --fresh
+
+
+BUILDER = """
+import sys
+import influence_bench.groundtruth.lds as lds
+from influence_bench.groundtruth import get_preset
+from influence_bench.tasks import get_task
+calls = [0]
+train = lds.train_batched
+def counting(*args, **kwargs):
+    calls[0] += 1
+    return train(*args, **kwargs)
+lds.train_batched = counting
+gt = lds.build_lds_groundtruth(get_task("digits-mlp"), get_preset("smoke"), sys.argv[1], progress=False)
+print(calls[0], repr(float(gt.losses.astype("float64").sum())))
+"""
+
+
+def test_two_concurrent_builders_train_each_chunk_once_and_agree(tmp_path):
+    """While a lock holder builds (here: the test itself holds the lock), both builders wait and say so;
+    released, one trains every chunk and the other loads them: no chunk is trained twice."""
+    from influence_bench.groundtruth import get_preset, groundtruth_dir
+    from influence_bench.groundtruth.cache import build_lock
+    from influence_bench.tasks import get_task
+
+    logs = [tmp_path / f"builder{i}.err" for i in range(2)]
+    with build_lock(groundtruth_dir(get_task("digits-mlp"), get_preset("smoke"), tmp_path), "the test"):
+        builders = [subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path)], stdout=subprocess.PIPE,
+                                     stderr=log.open("w"), text=True) for log in logs]
+        deadline = time.monotonic() + 120
+        while not all("waiting for another process" in log.read_text() for log in logs):
+            assert time.monotonic() < deadline, [log.read_text() for log in logs]
+            time.sleep(0.2)
+    outputs = [b.communicate(timeout=600)[0] for b in builders]
+    assert all(b.returncode == 0 for b in builders), [log.read_text() for log in logs]
+    counts, sums = zip(*(out.split() for out in outputs))
+    n_chunks = 4 * 2  # smoke: 4 alphas x 8 masks, 4 masks per chunk
+    assert sorted(map(int, counts)) == [0, n_chunks]
+    assert sums[0] == sums[1]
