@@ -135,8 +135,12 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     chosen = resolve_entries(entries, damping, eps)
     cache = Path(cache_dir) if cache_dir else None
     out_dir = Path(out) if out is not None else None
+    from influence_bench.groundtruth.cache import check_writable, default_cache_dir
+
+    check_writable(cache or default_cache_dir(), "cache directory", "--cache-dir or $INFLUENCE_BENCH_CACHE")
     done: dict = {}
     if out_dir is not None:
+        check_writable(out_dir.parent, "parent of the results directory", "--out")
         from influence_bench.runner.provenance import git_commit
 
         config = {"task": spec.key, "task_fingerprint": spec.fingerprint, "preset": chosen_preset.to_dict(),

@@ -110,7 +110,13 @@ def groundtruth(
     except (UnknownTaskError, UnknownPresetError) as exc:
         fail(str(exc))
     device = check_device(device)
-    cache_dir = cache_dir or default_cache_dir()
+    from influence_bench.groundtruth.cache import UnwritableDirectoryError, check_writable
+
+    try:
+        cache_dir = check_writable(cache_dir or default_cache_dir(), "cache directory",
+                                   "--cache-dir or $INFLUENCE_BENCH_CACHE")
+    except UnwritableDirectoryError as exc:
+        fail(str(exc))
     console.print(f"ground truth of [bold]{spec.key}[/], preset [bold]{chosen.name}[/] "
                   f"({chosen.n_trainings:,} trainings) in {groundtruth_dir(spec, chosen, cache_dir)}")
     start = time.perf_counter()
@@ -187,13 +193,14 @@ def run(
     at = "" if chosen.alphas == get_preset(preset).alphas else "-alpha" + "-".join(f"{a:g}" for a in chosen.alphas)
     out_dir = out or Path("results") / f"{spec.name}-{chosen.name}{at}"
     start = time.perf_counter()
+    from influence_bench.groundtruth.cache import UnwritableDirectoryError
     from influence_bench.runner.resume import ResultsDirError
 
     try:
         results = run_benchmark(task, names, preset, out=out_dir, isolate=isolate, cache_dir=cache_dir, device=device,
                                 plugins=plugin_list, damping=damping, dense_limit=dense_limit,
                                 entry_timeout_s=entry_timeout, jobs=jobs, alphas=chosen.alphas, loo=loo, fresh=fresh)
-    except ResultsDirError as exc:
+    except (ResultsDirError, UnwritableDirectoryError) as exc:
         fail(str(exc))
     print_lds_tables(results.table, damping)
     console.print(f"{time.perf_counter() - start:.0f} s; peak memory of this process "

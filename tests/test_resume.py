@@ -139,3 +139,16 @@ def test_two_concurrent_builders_train_each_chunk_once_and_agree(tmp_path):
     n_chunks = 4 * 2  # smoke: 4 alphas x 8 masks, 4 masks per chunk
     assert sorted(map(int, counts)) == [0, n_chunks]
     assert sums[0] == sums[1]
+
+
+def test_an_unwritable_cache_or_results_directory_is_one_line_before_any_work(env, tmp_path):
+    _, environment = env
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a directory should be")
+    for extra, what in (([], "results directory"), (["--cache-dir", str(blocked / "cache")], "cache directory")):
+        out = blocked / "out" if not extra else tmp_path / "out"
+        result = subprocess.run(command(out, *extra), env=environment, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr
+        message = " ".join(result.stderr.split())  # one message, wrapped by the terminal width
+        assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1
+        assert what in message and "cannot be written (" in message

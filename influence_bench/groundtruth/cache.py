@@ -62,6 +62,23 @@ def build_lock(root: Path, what: str, report: Callable[[str], None] | None = Non
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class UnwritableDirectoryError(RuntimeError):
+    """A cache or results directory this process cannot write (said in one line, before any work)."""
+
+
+def check_writable(path: Path, what: str, option: str) -> Path:
+    """Create ``path`` if needed and write a probe file into it; one-line error otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UnwritableDirectoryError(f"the {what} {path} cannot be written ({exc.strerror or exc}); "
+                                       f"choose another with {option}") from None
+    return path
+
+
 class CorruptArtifactError(RuntimeError):
     pass
 
