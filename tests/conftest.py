@@ -1,9 +1,57 @@
+import contextlib
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from influence_bench.tasks import get_task
+from influence_bench.entries import ENTRIES
+from influence_bench.tasks import TASKS, get_task
+
+TESTS = Path(__file__).resolve().parent
+# the registries as the package fills them, before any test module (or plugin) is imported
+PACKAGE_ENTRIES, PACKAGE_TASKS = dict(ENTRIES), dict(TASKS)
+
+
+@contextlib.contextmanager
+def restored_registries():
+    """``ENTRIES`` and ``TASKS`` as they were before, and the helper modules of this folder imported meanwhile
+    (``bench_plugins``) forgotten, so that the next import registers their entries and tasks again."""
+    entries, tasks, modules = dict(ENTRIES), dict(TASKS), set(sys.modules)
+    try:
+        yield
+    finally:
+        ENTRIES.clear()
+        ENTRIES.update(entries)
+        TASKS.clear()
+        TASKS.update(tasks)
+        for name in set(sys.modules) - modules:
+            path = getattr(sys.modules[name], "__file__", None)
+            if path and Path(path).resolve().parent == TESTS:
+                del sys.modules[name]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_registries():
+    """What a module's fixtures register (test_run.py's plugins) lasts for that module only."""
+    with restored_registries():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_registries():
+    """What a test registers, it removes: the tests run in any order (pytest-randomly shuffles them)."""
+    with restored_registries():
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_default_cache(tmp_path_factory):
+    """No test reads or writes the user's cache: the default cache is the session's own, empty at the start."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INFLUENCE_BENCH_CACHE", str(tmp_path_factory.mktemp("default-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

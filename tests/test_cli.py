@@ -4,6 +4,10 @@ import re
 from typer.testing import CliRunner
 
 from influence_bench.cli import app
+from influence_bench.entries import ENTRIES
+from influence_bench.groundtruth import build_lds_groundtruth, get_preset
+from influence_bench.metrics.lds import noise_ceiling
+from influence_bench.tasks import TASKS, get_task
 
 runner = CliRunner()
 
@@ -13,8 +17,8 @@ def test_list_json_names_every_task_and_entry():
     assert result.exit_code == 0
     items = json.loads(result.stdout)
     assert {"tasks", "entries"} <= set(items)
-    assert "digits-mlp" in [t["name"] for t in items["tasks"]]
-    assert all("name" in e for e in items["entries"])
+    assert [t["name"] for t in items["tasks"]] == list(TASKS) and "digits-mlp" in TASKS
+    assert [e["name"] for e in items["entries"]] == list(ENTRIES) and "kfac" in ENTRIES
 
 
 def test_list_table_mentions_the_task():
@@ -37,8 +41,22 @@ def test_groundtruth_smoke_builds_and_prints_the_ceiling(tmp_path):
     result = runner.invoke(app, ["groundtruth", "--preset", "smoke", "--cache-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "noise ceiling" in result.stdout
-    assert re.search(r"0\.5 +│ +-?[01]\.[0-9]{3} +│ \[", result.stdout), result.stdout  # the ceiling at alpha 0.5
     assert list(tmp_path.glob("groundtruth/digits-mlp.v1/smoke-*/alpha0.30/chunk000.npz"))
+    # each alpha's row shows the ceiling and interval of the losses it cached (noise_ceiling is checked against a
+    # brute-force split-half Spearman-Brown in test_metrics_lds.py)
+    gt = build_lds_groundtruth(get_task("digits-mlp"), get_preset("smoke"), tmp_path, progress=False)
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 5 and re.fullmatch(r"[01]\.[0-9]", cells[0]):
+            rows[float(cells[0])] = cells[1:]
+    assert sorted(rows) == [0.3, 0.5, 0.7, 0.9], result.stdout
+    for a, alpha in enumerate(gt.alphas):
+        c = noise_ceiling(gt.losses[a])
+        assert rows[round(float(alpha), 1)] == [f"{c.mean:.3f}", f"[{c.ci_low:.3f}, {c.ci_high:.3f}]", str(c.n_clipped),
+                                                str(c.n_undefined)], (alpha, result.stdout)
+    # the ceilings are not all alike: a row that printed one alpha's value for every alpha would fail above
+    assert len({tuple(r) for r in rows.values()}) > 1
 
 
 def test_run_help_names_the_new_options():

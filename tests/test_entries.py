@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PACKAGE_ENTRIES, PACKAGE_TASKS
 from influence_bench.curvature import curvlinops_adapter
 from influence_bench.curvature.eigen import EigenCurvature, KroneckerEigenBlock, LowRankEigenBlock
 from influence_bench.entries import ENTRIES, MissingCapabilityError, NotFittedError, UnknownEntryError, get_entry
@@ -12,14 +13,28 @@ from influence_bench.metrics.matrix import matrix_metrics
 from influence_bench.metrics.reference import exact_reference
 from influence_bench.metrics.registry import MetricContext, compute_all
 from influence_bench.problem import InfluenceProblem
+from influence_bench.tasks import TASKS
+from influence_bench.tasks.spec import TaskData
 
-# the entries that ship with the package (test modules may register more; they are not checked here)
-BUILTIN = {name: cls for name, cls in ENTRIES.items() if cls.__module__.startswith("influence_bench.")}
+# the entries that ship with the package, as registered before any test module was imported: plugin entries
+# (tests/bench_plugins.py), registered for a while by other modules' tests, are never among them
+BUILTIN = dict(PACKAGE_ENTRIES)
 
 
 @pytest.fixture(scope="module")
-def fitted(tiny_problem):
-    return {name: cls().fit(tiny_problem) for name, cls in BUILTIN.items()}
+def problem(tiny_problem):
+    """The tiny problem afresh, its shared matrices computed before any entry is fitted, as a run does
+    (runner/shared.py): the entries then read them. (The session's ``tiny_problem`` may already hold a GGN
+    diagonal or layer blocks that another module's test had computed alone, equal to the GGN's only to rounding.)"""
+    p = tiny_problem
+    fresh = InfluenceProblem(p.model, TaskData(p.x_train, p.y_train, p.x_test, p.y_test), name=p.name)
+    _ = fresh.ggn, fresh.ggn_eigen, fresh.hessian
+    return fresh
+
+
+@pytest.fixture(scope="module")
+def fitted(problem):
+    return {name: cls().fit(problem) for name, cls in BUILTIN.items()}
 
 
 def curvature_fidelity(entry, problem, damping):
@@ -28,6 +43,13 @@ def curvature_fidelity(entry, problem, damping):
     ihvp = entry.inverse(problem.test_grads, damping)
     ctx = MetricContext(entry, problem, reference, damping, entry.eps, ihvp, -ihvp @ problem.train_grads.T)
     return {name: m.value for name, m in compute_all(ctx).items()}
+
+
+def test_only_the_package_entries_and_tasks_are_registered_here():
+    """Test modules that register plugins (tests/bench_plugins.py) remove them again (tests/conftest.py), in
+    whatever order the tests run."""
+    assert ENTRIES == PACKAGE_ENTRIES, list(ENTRIES)
+    assert TASKS == PACKAGE_TASKS, list(TASKS)
 
 
 def test_registry_has_the_paper_chain():
@@ -55,20 +77,18 @@ def test_kit_catches_a_wrong_entry(tiny_problem):
         check_entry(SignFlipped, tiny_problem)
 
 
-def test_exact_entries_reproduce_the_shared_matrices(fitted, tiny_problem):
-    assert torch.allclose(fitted["ggn"].eigen_form().dense(), tiny_problem.ggn, atol=1e-12)
-    assert torch.allclose(fitted["hessian"].eigen_form().dense(), tiny_problem.hessian, atol=1e-12)
+def test_exact_entries_reproduce_the_shared_matrices(fitted, problem):
+    assert torch.allclose(fitted["ggn"].eigen_form().dense(), problem.ggn, atol=1e-12)
+    assert torch.allclose(fitted["hessian"].eigen_form().dense(), problem.hessian, atol=1e-12)
     block = fitted["block-ggn"].eigen_form().dense()
-    for s in tiny_problem.layer_slices:
-        assert torch.allclose(block[s, s], tiny_problem.ggn[s, s], atol=1e-12)
-    s0, s1 = tiny_problem.layer_slices[:2]
-    assert block[s0, s1].abs().max() == 0 and tiny_problem.ggn[s0, s1].abs().max() > 0
-    assert torch.equal(torch.diagonal(fitted["diag-ggn"].eigen_form().dense()), torch.diagonal(tiny_problem.ggn))
+    for s in problem.layer_slices:
+        assert torch.allclose(block[s, s], problem.ggn[s, s], atol=1e-12)
+    s0, s1 = problem.layer_slices[:2]
+    assert block[s0, s1].abs().max() == 0 and problem.ggn[s0, s1].abs().max() > 0
+    assert torch.equal(torch.diagonal(fitted["diag-ggn"].eigen_form().dense()), torch.diagonal(problem.ggn))
 
 
 def test_kfac_type2_on_one_data_point_is_the_exact_layer_block(tiny_problem):
-    from influence_bench.tasks.spec import TaskData
-
     p = tiny_problem
     one = InfluenceProblem(p.model, TaskData(p.x_train[:1], p.y_train[:1], p.x_test, p.y_test))
     kfac = get_entry("kfac")().fit(one).eigen_form().dense()
@@ -86,18 +106,18 @@ def test_kronecker_factors_are_mean_loss_covariances(tiny_problem):
     assert torch.allclose(a, x.T @ x / tiny_problem.n_train, atol=1e-12)
 
 
-def test_ekfac_type2_keeps_the_trace_and_has_no_eigenvalue_mismatch(fitted, tiny_problem):
+def test_ekfac_type2_keeps_the_trace_and_has_no_eigenvalue_mismatch(fitted, problem):
     ekfac = fitted["ekfac"].eigen_form()
-    assert np.isclose(ekfac.trace(), float(torch.trace(tiny_problem.ggn)), rtol=1e-10)
-    metrics = matrix_metrics(ekfac, tiny_problem.ggn)
+    assert np.isclose(ekfac.trace(), float(torch.trace(problem.ggn)), rtol=1e-10)
+    metrics = matrix_metrics(ekfac, problem.ggn)
     assert metrics["eigval_mismatch"] < 1e-10
-    kfac = matrix_metrics(fitted["kfac"].eigen_form(), tiny_problem.ggn)
+    kfac = matrix_metrics(fitted["kfac"].eigen_form(), problem.ggn)
     assert kfac["eigval_mismatch"] > 1e-3  # K-FAC's eigenvalues are not the block's
     # same basis: identical basis mismatch
     assert np.isclose(kfac["basis_mismatch"], metrics["basis_mismatch"], rtol=1e-8)
 
 
-def test_hybrid_has_block_basis_and_kfac_eigenvalues(fitted, tiny_problem):
+def test_hybrid_has_block_basis_and_kfac_eigenvalues(fitted, problem):
     hybrid = fitted["kfac-eigvals-in-block-basis"].eigen_form()
     block = fitted["block-ggn"].eigen_form()
     kfac = fitted["kfac"].eigen_form()
@@ -106,21 +126,21 @@ def test_hybrid_has_block_basis_and_kfac_eigenvalues(fitted, tiny_problem):
     for h, k in zip(hybrid.eigvals, kfac.eigvals):
         assert torch.equal(h, torch.sort(k).values)
     # block basis: zero basis mismatch inside the blocks, only the off-block part of G remains
-    off_block = matrix_metrics(block, tiny_problem.ggn)["basis_mismatch"]
-    assert np.isclose(matrix_metrics(hybrid, tiny_problem.ggn)["basis_mismatch"], off_block, rtol=1e-8)
+    off_block = matrix_metrics(block, problem.ggn)["basis_mismatch"]
+    assert np.isclose(matrix_metrics(hybrid, problem.ggn)["basis_mismatch"], off_block, rtol=1e-8)
 
 
-def test_ggn_against_itself_is_perfect(fitted, tiny_problem):
-    m = curvature_fidelity(fitted["ggn"], tiny_problem, damping=1e-4)
+def test_ggn_against_itself_is_perfect(fitted, problem):
+    m = curvature_fidelity(fitted["ggn"], problem, damping=1e-4)
     assert m["rel_fro"] < 1e-10 and m["spectrum_err"] < 1e-12 and m["fidelity"] == pytest.approx(1.0)
     assert m["eigval_mismatch"] < 1e-10 and m["basis_mismatch"] < 1e-8
     assert m["topk_overlap_10"] == pytest.approx(1.0) and m["ihvp_err"] < 1e-10
 
 
-def test_fidelity_metrics_against_dense_formulas(fitted, tiny_problem):
+def test_fidelity_metrics_against_dense_formulas(fitted, problem):
     entry = fitted["kfac"]
-    c, g = entry.eigen_form().dense(), tiny_problem.ggn
-    m = curvature_fidelity(entry, tiny_problem, damping=1e-3)
+    c, g = entry.eigen_form().dense(), problem.ggn
+    m = curvature_fidelity(entry, problem, damping=1e-3)
     assert m["rel_fro"] == pytest.approx(float(torch.linalg.norm(c - g) / torch.linalg.norm(g)), rel=1e-8)
     eig_c, eig_g = torch.linalg.eigvalsh(c), torch.linalg.eigvalsh(g)
     assert m["spectrum_err"] == pytest.approx(float(torch.linalg.norm(eig_c - eig_g) / torch.linalg.norm(eig_g)), rel=1e-6)
@@ -131,7 +151,7 @@ def test_fidelity_metrics_against_dense_formulas(fitted, tiny_problem):
     assert m["eigval_mismatch"] == pytest.approx(float(torch.linalg.norm(lam - d) / torch.linalg.norm(d)), rel=1e-8)
     assert m["basis_mismatch"] == pytest.approx(
         float(torch.linalg.norm(qgq - torch.diag(d)) / torch.linalg.norm(g)), rel=1e-6)
-    s = tiny_problem.layer_slices[1]
+    s = problem.layer_slices[1]
     assert m["spectrum_err/layer1"] == pytest.approx(float(
         torch.linalg.norm(torch.linalg.eigvalsh(c[s, s]) - torch.linalg.eigvalsh(g[s, s]))
         / torch.linalg.norm(torch.linalg.eigvalsh(g[s, s]))), rel=1e-6)
@@ -139,15 +159,15 @@ def test_fidelity_metrics_against_dense_formulas(fitted, tiny_problem):
     u_g = torch.linalg.eigh(g).eigenvectors[:, -10:]
     assert m["topk_overlap_10"] == pytest.approx(float((v_c.T @ u_g).square().sum() / 10), rel=1e-6)
     eye = torch.eye(g.shape[0], dtype=torch.float64)
-    xc = torch.linalg.solve(c + 1e-3 * eye, tiny_problem.test_grads.T).T
-    xg = torch.linalg.solve(g + 1e-3 * eye, tiny_problem.test_grads.T).T
+    xc = torch.linalg.solve(c + 1e-3 * eye, problem.test_grads.T).T
+    xg = torch.linalg.solve(g + 1e-3 * eye, problem.test_grads.T).T
     ratio = torch.linalg.norm(xc - xg, dim=1) / torch.linalg.norm(xg, dim=1)
     assert m["ihvp_err"] == pytest.approx(float(torch.median(ratio)), rel=1e-5)
 
 
-def test_entry_without_curvature_reports_not_applicable(fitted, tiny_problem):
+def test_entry_without_curvature_reports_not_applicable(fitted, problem):
     entry = fitted["identity"]
-    m = curvature_fidelity(entry, tiny_problem, damping=1e-4)
+    m = curvature_fidelity(entry, problem, damping=1e-4)
     for name in ("rel_fro", "spectrum_err", "eigval_mismatch", "basis_mismatch", "topk_overlap_10", "ihvp_err"):
         assert np.isnan(m[name])
     assert -1 <= m["fidelity"] <= 1

@@ -173,10 +173,17 @@ def test_ceiling_is_one_for_identical_halves_and_clips_negative_split_halves():
 
 # -- command line ---------------------------------------------------------------------------------
 
-def test_groundtruth_command_with_loo_prints_the_loo_ceiling(tmp_path, monkeypatch):
+def test_groundtruth_command_with_loo_prints_the_loo_ceiling(digits, tmp_path, monkeypatch):
     tiny = dataclasses.replace(TINY, n_masks=2, alphas=(0.5,), loo_points=2)
     monkeypatch.setattr(cli_module, "get_preset", lambda name: tiny)
     result = CliRunner().invoke(cli_module.app, ["groundtruth", "--loo", "--cache-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "leave-one-out noise ceiling" in result.output and "spearman" in result.output
+    assert "leave-one-out noise ceiling" in result.output
     assert list(tmp_path.glob("groundtruth/digits-mlp.v1/loo-smoke-*/removed/chunk001.npz"))
+    # each correlation's row shows the ceiling of the leave-one-out losses it cached
+    gt = build_loo_groundtruth(digits, tiny, tmp_path, progress=False)
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.split("│")[1:-1]]
+                                              for line in result.output.splitlines()) if len(cells) == 5}
+    for name, c in loo_noise_ceiling(gt).items():
+        assert rows[name] == [f"{c.mean:.3f}", f"[{c.ci_low:.3f}, {c.ci_high:.3f}]", str(c.n_clipped),
+                              str(c.n_undefined)], (name, result.output)

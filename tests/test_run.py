@@ -19,6 +19,7 @@ from influence_bench.groundtruth import build_lds_groundtruth, get_preset, refer
 from influence_bench.groundtruth.lds import LDSGroundTruth
 from influence_bench.metrics.lds import lds
 from influence_bench.runner.evaluation import GRID_FACTORS, EvalSettings, dev_eval_split, tune
+from influence_bench.runner.isolation import THREADS_ENV
 
 TESTS = Path(__file__).parent
 CHAIN = ["ggn", "block-ggn", "ekfac", "kfac", "kfac-eigvals-in-block-basis", "identity"]
@@ -27,24 +28,30 @@ MISBEHAVING = ["test-crashes", "test-nan-scores", "test-wrong-shape", "test-bad-
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
-    """The plugin module importable here and in every entry's process; an own cache."""
+    """The plugin module importable here and in every entry's process; an own cache. Its tiny task and
+    misbehaving entries stay registered for this module only (conftest's ``_module_registries`` removes them).
+
+    One torch thread here and in every entry's process: the tiny task's products are small, and on a shared
+    2-core machine a second intra-op thread only waits for a core (see test_matrix_free.py's ``one_thread``)."""
     import bench_plugins  # noqa: F401 - registers the tiny task and the misbehaving entries here too
 
     root = tmp_path_factory.mktemp("run")
-    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "INFLUENCE_BENCH_CACHE": str(root / "cache")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield root
-    for k, v in old.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+        mp.setenv("INFLUENCE_BENCH_CACHE", str(root / "cache"))
+        mp.setenv(THREADS_ENV, "1")
+        yield root
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(plugin_env):
     root = plugin_env
+    # two entry processes at a time: most of an entry's time here is its process importing torch
     result = CliRunner().invoke(app, ["run", "--task", "digits-tiny", "--preset", "smoke", "--plugins",
-                                      "bench_plugins", "--entries", ",".join(CHAIN + MISBEHAVING),
+                                      "bench_plugins", "--entries", ",".join(CHAIN + MISBEHAVING), "--jobs", "2",
                                       "--out", str(root / "out")])
     return result, root / "out", root / "cache"
 
@@ -142,7 +149,7 @@ def test_tuned_damping_is_the_best_on_the_dev_half_and_never_below_fixed(tiny_ru
     kfac = grid[(grid.entry == "kfac") & grid.chosen].iloc[0]
     assert lds(tuned_scores[dev], gt.masks[1], gt.targets[1][:, dev]).mean == pytest.approx(kfac.dev_lds, abs=1e-12)
     reported = table[(table.entry == "kfac") & (table.track == "tuned") & (table.metric == "lds")]
-    assert (reported.n_points == len(held_out)).all()  # reported on the other half
+    assert set(reported.alpha) == {0.3, 0.5, 0.7, 0.9} and (reported.n_points == len(held_out)).all()  # the other half
 
 
 def test_decomposition_has_paired_intervals_for_both_tracks(tiny_run):
