@@ -19,7 +19,7 @@ from influence_bench import PROTOCOL_VERSION, __version__
 from influence_bench.groundtruth.cache import ArtifactStore, build_lock, content_key, default_cache_dir
 from influence_bench.groundtruth.presets import Preset
 from influence_bench.tasks.spec import TaskData, TaskSpec
-from influence_bench.training.batched import train_batched
+from influence_bench.training.batched import StackedMLP, train_batched
 
 
 @dataclass
@@ -50,6 +50,12 @@ def groundtruth_dir(spec: TaskSpec, preset: Preset, cache_dir: Path | None = Non
     return Path(cache_dir or default_cache_dir()) / "groundtruth" / spec.key / f"{preset.name}-{key}"
 
 
+def stack_test_losses(stack: StackedMLP, data: TaskData, device: str, n_rows: int, n_seeds: int) -> np.ndarray:
+    """[n_rows, n_seeds, n_test] float32 test losses of a stack trained row-major, seed-minor."""
+    losses = stack.per_example_loss(data.x_test.to(device), data.y_test.to(device)).cpu().numpy()
+    return losses.reshape(n_rows, n_seeds, data.n_test).astype(np.float32)
+
+
 def models_bar(desc: str, total: int, done: int, progress: bool) -> tqdm:
     """One progress bar in trained models (fractional while an epoch of a chunk runs)."""
     return tqdm(total=total, initial=done, unit="model", disable=not progress, desc=desc, smoothing=0.05,
@@ -71,21 +77,14 @@ def build_lds_groundtruth(
 ) -> LDSGroundTruth:
     """Load it from the cache, training whatever is missing or failed its check. One process at a time
     builds it (``build_lock``): a second builder waits, then finds the models in the cache."""
-    with build_lock(groundtruth_dir(spec, preset, cache_dir), f"the LDS ground truth of {spec.key}/{preset.name}"):
-        return _build_lds_groundtruth(spec, preset, cache_dir, device, progress, data)
+    root = groundtruth_dir(spec, preset, cache_dir)
+    with build_lock(root, f"the LDS ground truth of {spec.key}/{preset.name}"):
+        return _build_lds_groundtruth(spec, preset, root, device, progress, data or spec.data)
 
 
-def _build_lds_groundtruth(
-    spec: TaskSpec,
-    preset: Preset,
-    cache_dir: Path | None = None,
-    device: str = "cpu",
-    progress: bool = True,
-    data: TaskData | None = None,
-) -> LDSGroundTruth:
+def _build_lds_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: str, progress: bool, data: TaskData) -> LDSGroundTruth:
     """Load the ground truth from the cache, training whatever is missing or failed its check."""
-    data = data or spec.data
-    store = ArtifactStore(groundtruth_dir(spec, preset, cache_dir))
+    store = ArtifactStore(root)
     recipe = spec.recipe.with_epochs(preset.epochs)
     seeds = list(range(preset.n_seeds))
     all_masks = np.stack([draw_masks(spec, a, preset.n_masks, data.n_train) for a in preset.alphas])
@@ -120,8 +119,7 @@ def _build_lds_groundtruth(
             masks = all_masks[a, part]
             members = torch.as_tensor(np.repeat(masks, preset.n_seeds, axis=0))  # mask-major, seed-minor
             stack = train_batched(spec, data, members, seeds * masks.shape[0], recipe, device, on_epoch=bar.update)
-            chunk = stack.per_example_loss(data.x_test.to(device), data.y_test.to(device)).cpu().numpy()
-            chunk = chunk.reshape(masks.shape[0], preset.n_seeds, data.n_test).astype(np.float32)
+            chunk = stack_test_losses(stack, data, device, masks.shape[0], preset.n_seeds)
             store.save_arrays(_chunk_name(preset.alphas[a], c), masks=masks, seeds=np.array(seeds), losses=chunk)
             losses[a, part] = chunk
     return LDSGroundTruth(np.array(preset.alphas), all_masks, losses)

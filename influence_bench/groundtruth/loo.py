@@ -18,10 +18,10 @@ import torch
 
 from influence_bench import PROTOCOL_VERSION, __version__
 from influence_bench.groundtruth.cache import ArtifactStore, build_lock, content_key, default_cache_dir
-from influence_bench.groundtruth.lds import models_bar
+from influence_bench.groundtruth.lds import models_bar, stack_test_losses
 from influence_bench.groundtruth.presets import Preset
 from influence_bench.tasks.spec import TaskData, TaskSpec
-from influence_bench.training.batched import StackedMLP, train_batched
+from influence_bench.training.batched import train_batched
 
 # second word of the removed points' seed; the LDS masks use round(alpha * 1000) <= 1000, so no overlap
 LOO_SEED_TAG = 4_000_001
@@ -66,12 +66,6 @@ def _chunk_name(chunk: int) -> str:
     return f"removed/chunk{chunk:03d}.npz"
 
 
-def _test_losses(stack: StackedMLP, data: TaskData, device: str, n_rows: int, n_seeds: int) -> np.ndarray:
-    """[n_rows, n_seeds, n_test] float32 from a stack trained row-major, seed-minor."""
-    losses = stack.per_example_loss(data.x_test.to(device), data.y_test.to(device)).cpu().numpy()
-    return losses.reshape(n_rows, n_seeds, data.n_test).astype(np.float32)
-
-
 def build_loo_groundtruth(
     spec: TaskSpec,
     preset: Preset,
@@ -82,21 +76,14 @@ def build_loo_groundtruth(
 ) -> LOOGroundTruth:
     """Load it from the cache, training whatever is missing or failed its check. One process at a time
     builds it (``build_lock``): a second builder waits, then finds the models in the cache."""
-    with build_lock(loo_dir(spec, preset, cache_dir), f"the leave-one-out ground truth of {spec.key}/{preset.name}"):
-        return _build_loo_groundtruth(spec, preset, cache_dir, device, progress, data)
+    root = loo_dir(spec, preset, cache_dir)
+    with build_lock(root, f"the leave-one-out ground truth of {spec.key}/{preset.name}"):
+        return _build_loo_groundtruth(spec, preset, root, device, progress, data or spec.data)
 
 
-def _build_loo_groundtruth(
-    spec: TaskSpec,
-    preset: Preset,
-    cache_dir: Path | None = None,
-    device: str = "cpu",
-    progress: bool = True,
-    data: TaskData | None = None,
-) -> LOOGroundTruth:
+def _build_loo_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: str, progress: bool, data: TaskData) -> LOOGroundTruth:
     """Load the LOO ground truth from the cache, training whatever is missing or failed its check."""
-    data = data or spec.data
-    store = ArtifactStore(loo_dir(spec, preset, cache_dir))
+    store = ArtifactStore(root)
     recipe = spec.recipe.with_epochs(preset.epochs)
     seeds = list(range(preset.n_seeds))
     removed = draw_loo_points(spec, preset.loo_points, data.n_train)
@@ -138,7 +125,7 @@ def _build_loo_groundtruth(
         if losses_full is None:
             members = torch.ones(preset.n_seeds, data.n_train, dtype=torch.bool)
             stack = train_batched(spec, data, members, seeds, recipe, device, on_epoch=bar.update)
-            losses_full = _test_losses(stack, data, device, 1, preset.n_seeds)[0]
+            losses_full = stack_test_losses(stack, data, device, 1, preset.n_seeds)[0]
             store.save_arrays(FULL_CHUNK, seeds=np.array(seeds), losses=losses_full)
         for c, part in todo:
             points = removed[part]
@@ -146,7 +133,7 @@ def _build_loo_groundtruth(
             members[torch.arange(len(points)), torch.as_tensor(points)] = False
             members = members.repeat_interleave(preset.n_seeds, dim=0)  # point-major, seed-minor
             stack = train_batched(spec, data, members, seeds * len(points), recipe, device, on_epoch=bar.update)
-            chunk = _test_losses(stack, data, device, len(points), preset.n_seeds)
+            chunk = stack_test_losses(stack, data, device, len(points), preset.n_seeds)
             store.save_arrays(_chunk_name(c), removed=points, seeds=np.array(seeds), losses=chunk)
             losses_without[part] = chunk
     return LOOGroundTruth(removed, np.array(seeds), losses_without, losses_full)
