@@ -46,7 +46,11 @@ class RunResults:
 
     @property
     def failures(self) -> dict[str, str]:
-        return {r.name: r.message for r in self.entries if r.status == "failed"}
+        return {r.name: r.message for r in self.entries if r.failed}
+
+    @property
+    def statuses(self) -> dict[str, str]:
+        return {r.name: r.status for r in self.entries}
 
     @property
     def skipped(self) -> dict[str, str]:
@@ -105,11 +109,15 @@ def _say(message: str, progress: bool) -> None:
 def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, preset: str = "standard", *,
         out: str | Path | None = None, isolate: bool = True, cache_dir: str | Path | None = None,
         device: str = "cpu", plugins: Sequence[str] = (), damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS,
-        dense_limit: int | None = None, entry_timeout_s: float = ENTRY_TIMEOUT_S, jobs: int = 1,
+        dense_limit: int | None = None, entry_timeout_s: float = ENTRY_TIMEOUT_S,
+        entry_memory_mb: float | None = None, jobs: int = 1,
         progress: bool = True, alphas: Sequence[float] | None = None, loo: bool = True,
         fresh: bool = False) -> RunResults:
     """Run entries against a task's ground truth (built first if it is not cached) and return the results.
 
+    entry_timeout_s, entry_memory_mb: each isolated entry's limits, in seconds from its fit on and in MB
+    of data memory (None: ``isolation.default_memory_mb()``); an entry past one gets status ``timeout`` or
+    ``oom`` (schema.FAILURE_STATUSES) and the others go on. In-process runs (isolate=False) have no limits.
     jobs: entries evaluated at once, each in its own process with cores // jobs threads (isolated
     runs only); their times are then those of a process with that many threads beside the others.
     alphas: a subset of the preset's alphas (its own ground truth). loo: also the leave-one-out
@@ -122,7 +130,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     from influence_bench.metrics.reference import GGNReference
     from influence_bench.problem import InfluenceProblem
     from influence_bench.runner import comparison, isolation, resume, task_rows
-    from influence_bench.runner.evaluation import EvalSettings, evaluate_entry, failed, peak_rss_mb
+    from influence_bench.runner.evaluation import EvalSettings, evaluate_entry, failed_with, peak_rss_mb
     from influence_bench.runner.persistence import write_results_dir
     from influence_bench.runner.plugins import load_plugins
     from influence_bench.runner.provenance import provenance
@@ -191,7 +199,9 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
             bar.update()
 
         if isolate:
-            new = isolation.evaluate_all_isolated(workdir, todo, entry_timeout_s, jobs, on_done=finished)
+            memory = entry_memory_mb if entry_memory_mb is not None else isolation.default_memory_mb()
+            new = isolation.evaluate_all_isolated(workdir, todo, entry_timeout_s, jobs, on_done=finished,
+                                                  memory_mb=memory)
         else:
             new = []
             for e in todo:
@@ -200,7 +210,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
                     entry = make_entry(e, damping=damping, eps=eps) if isinstance(e, str) else e
                     new.append(evaluate_entry(entry, problem, gt, settings, load_reference, isolated=False))
                 except Exception as exc:  # noqa: BLE001 - one entry's failure must not lose the others'
-                    new.append(failed(_name(e), f"{type(exc).__name__}: {exc}"))
+                    new.append(failed_with(_name(e), exc))
                 finished(new[-1])
         bar.close()
         by_name = {**done, **{r.name: r for r in new}}
@@ -243,7 +253,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
                                "device": device, "plugins": list(plugins)},
                     **meta, "reference": "exact" if problem.dense_allowed else "estimated",
                     "parent_peak_rss_mb": parent_peak,
-                    "failures": {r.name: r.message for r in results if r.status == "failed"},
+                    "failures": {r.name: f"{r.status}: {r.message}" for r in results if r.failed},
                     "skipped": {r.name: r.message for r in results if r.status == "skipped"}}
         write_results_dir(out_dir, table, results, boot, decomposition, split, spectra, manifest)
         torch.save(model.state_dict(), out_dir / schema.REFERENCE_FILE)

@@ -163,7 +163,8 @@ def run(
     dense_limit: Optional[int] = typer.Option(None, "--dense-limit", help="Largest parameter count for dense [P, P] matrices (default: $INFLUENCE_BENCH_DENSE_LIMIT or 10,000); above it, operators and estimates."),
     isolate: bool = typer.Option(True, "--isolate/--in-process", help="Each entry in a process of its own (default), or all in this one."),
     jobs: int = typer.Option(1, "--jobs", help="Entries evaluated at once (isolated runs), each with cores // jobs threads."),
-    entry_timeout: float = typer.Option(3600, "--entry-timeout", help="Seconds before an entry is stopped and marked failed."),
+    entry_timeout: float = typer.Option(3600, "--entry-timeout", help="Seconds an isolated entry may run from its fit on (its process's start-up does not count); past it, status timeout."),
+    entry_memory: Optional[float] = typer.Option(None, "--entry-memory", help="MB of data memory an isolated entry may allocate (default: 8192, or 80% of this machine's memory when less); past it, status oom."),
     alphas: Optional[str] = AlphasOption,
     loo: bool = typer.Option(True, "--loo/--no-loo", help="Leave-one-out correlations beside LDS (builds the LOO ground truth if missing)."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over: remove the results directory first (otherwise a run "
@@ -199,7 +200,7 @@ def run(
     try:
         results = run_benchmark(task, names, preset, out=out_dir, isolate=isolate, cache_dir=cache_dir, device=device,
                                 plugins=plugin_list, damping=damping, dense_limit=dense_limit,
-                                entry_timeout_s=entry_timeout, jobs=jobs, alphas=chosen.alphas, loo=loo, fresh=fresh)
+                                entry_timeout_s=entry_timeout, entry_memory_mb=entry_memory, jobs=jobs, alphas=chosen.alphas, loo=loo, fresh=fresh)
     except (ResultsDirError, UnwritableDirectoryError) as exc:
         fail(str(exc))
     print_lds_tables(results.table, damping)
@@ -210,7 +211,9 @@ def run(
         err_console.print(f"[bold yellow]entry {escape(name)} skipped:[/] {escape(reason)}", highlight=False)
     if results.failures:
         for name, message in results.failures.items():
-            err_console.print(f"[bold red]entry {escape(name)} failed:[/] {escape(message)}", highlight=False)
+            status = results.statuses[name]
+            err_console.print(f"[bold red]entry {escape(name)} failed ({status}):[/] {escape(message)}",
+                              highlight=False)
         fail(f"{len(results.failures)} of {len(results.entries)} entries failed: {', '.join(results.failures)}",
              code=1)
 

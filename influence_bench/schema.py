@@ -37,7 +37,10 @@ SCORES_DIR = "scores"
 
 TRACKS = ("fixed", "tuned")  # the two damping tracks of LDS and the metrics
 ROW_TRACKS = TRACKS + ("cost", "diagnostics", "all")  # "all": an entry-level status row (failed, skipped)
-STATUSES = ("ok", "not applicable", "skipped", "failed")
+# why an entry has no result (one status row, track "all"): it ran past --entry-timeout from its fit on,
+# past --entry-memory, its process died without a result, it raised, or it returned NaN / inf / a wrong shape
+FAILURE_STATUSES = ("timeout", "oom", "crashed", "error", "invalid-output")
+STATUSES = ("ok", "not applicable", "skipped", *FAILURE_STATUSES)
 # bootstrap track -> (score set, test queries): "fixed" over all queries (the chain of the fixed track),
 # "tuned" on the held-out half (the ranking and the chain of the tuned track)
 BOOTSTRAP_TRACKS = {"fixed": ("fixed", "all"), "tuned": ("tuned", "held_out")}
@@ -99,12 +102,18 @@ def row(entry: str, track: str, metric: str, value: float, higher_is_better: boo
     return out
 
 
-def failure_row(entry: str, message: str, status: str = "failed") -> dict:
+def failure_row(entry: str, message: str, status: str = "error") -> dict:
+    if status not in FAILURE_STATUSES + ("skipped",):
+        raise ValueError(f"not a failure status: {status!r}; known: {', '.join(FAILURE_STATUSES)}")
     return row(entry, "all", "status", math.nan, None, status=status, message=message)
 
 
 class SchemaError(ValueError):
     """A results table that does not follow this schema."""
+
+
+def is_failure(status) -> bool:
+    return status in FAILURE_STATUSES
 
 
 def validate(table: pd.DataFrame) -> pd.DataFrame:

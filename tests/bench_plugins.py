@@ -67,3 +67,63 @@ class BadCurvature(EigenEntry):
 
     def inverse(self, vectors, damping=None):
         return vectors.to(torch.float64).clone()
+
+
+# -- the fault-injection cases of the isolation limits (tests/test_run.py) --------------------------
+SLEEP_PAST_LIMIT_S = 600.0  # far beyond the run tests' --entry-timeout
+SLOW_START_S = 12.0  # work before fit longer than the run tests' --entry-timeout, which must not count
+
+
+@register
+class SleepsPastTheLimit(NaNInverse):
+    name = "test-overruns"
+    description = "sleeps in fit past any time limit"
+
+    def fit(self, problem):
+        import time
+
+        time.sleep(SLEEP_PAST_LIMIT_S)
+        return super().fit(problem)
+
+
+@register
+class SlowStart(Entry):
+    """The identity inverse, after work before its fit (its ``skip`` check) longer than the time limit."""
+
+    name = "test-slow-start"
+    description = "a slow check before fit, then a quick identity inverse"
+    has_damping = False
+
+    def skip(self, problem):
+        import time
+
+        time.sleep(SLOW_START_S)
+        return None
+
+    def fit(self, problem):
+        self.fitted_ = True
+        return self
+
+    def inverse(self, vectors, damping=None):
+        return vectors.to(torch.float64).clone()
+
+
+@register
+class AllocatesPastTheLimit(NaNInverse):
+    name = "test-allocates"
+    description = "allocates 64 GiB in fit"
+
+    def fit(self, problem):
+        self.hoard_ = torch.ones(2**33, dtype=torch.float64)
+        return super().fit(problem)
+
+
+@register
+class ExitsItsProcess(NaNInverse):
+    name = "test-exits"
+    description = "ends its process in fit (os._exit)"
+
+    def fit(self, problem):
+        import os
+
+        os._exit(3)

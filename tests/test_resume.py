@@ -103,7 +103,7 @@ def test_another_configuration_is_refused_and_fresh_starts_over(env):
 
 
 BUILDER = """
-import sys
+import os, sys, time
 import influence_bench.groundtruth.lds as lds
 from influence_bench.groundtruth import get_preset
 from influence_bench.tasks import get_task
@@ -111,10 +111,14 @@ calls = [0]
 train = lds.train_batched
 def counting(*args, **kwargs):
     calls[0] += 1
+    if calls[0] == int(os.environ.get("STALL_AT_CHUNK", "0")):  # stall in this chunk's training, marked
+        open(os.environ["STALL_MARK"], "w").close()
+        time.sleep(600)
     return train(*args, **kwargs)
 lds.train_batched = counting
 gt = lds.build_lds_groundtruth(get_task("digits-mlp"), get_preset("smoke"), sys.argv[1], progress=False)
-print(calls[0], repr(float(gt.losses.astype("float64").sum())))
+import hashlib
+print(calls[0], hashlib.sha256(gt.losses.tobytes() + gt.masks.tobytes()).hexdigest())
 """
 
 
@@ -135,10 +139,10 @@ def test_two_concurrent_builders_train_each_chunk_once_and_agree(tmp_path):
             time.sleep(0.2)
     outputs = [b.communicate(timeout=600)[0] for b in builders]
     assert all(b.returncode == 0 for b in builders), [log.read_text() for log in logs]
-    counts, sums = zip(*(out.split() for out in outputs))
+    counts, digests = zip(*(out.split() for out in outputs))
     n_chunks = 4 * 2  # smoke: 4 alphas x 8 masks, 4 masks per chunk
     assert sorted(map(int, counts)) == [0, n_chunks]
-    assert sums[0] == sums[1]
+    assert digests[0] == digests[1]  # the same losses and masks, bit for bit
 
 
 def test_an_unwritable_cache_or_results_directory_is_one_line_before_any_work(env, tmp_path):
@@ -152,3 +156,29 @@ def test_an_unwritable_cache_or_results_directory_is_one_line_before_any_work(en
         message = " ".join(result.stderr.split())  # one message, wrapped by the terminal width
         assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1
         assert what in message and "cannot be written (" in message
+
+
+def test_a_ground_truth_build_killed_mid_chunk_keeps_its_finished_chunks_and_resumes_to_the_same_result(tmp_path):
+    from influence_bench.groundtruth import get_preset, groundtruth_dir
+    from influence_bench.tasks import get_task
+
+    mark = tmp_path / "stalled"
+    killed_cache, whole_cache = tmp_path / "killed", tmp_path / "whole"
+    stalled = subprocess.Popen([sys.executable, "-c", BUILDER, str(killed_cache)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=dict(os.environ, STALL_AT_CHUNK="3", STALL_MARK=str(mark)))
+    deadline = time.monotonic() + 120
+    while not mark.exists():
+        assert time.monotonic() < deadline and stalled.poll() is None, "the build never reached its third chunk"
+        time.sleep(0.2)
+    stalled.send_signal(signal.SIGKILL)
+    stalled.wait()
+    root = groundtruth_dir(get_task("digits-mlp"), get_preset("smoke"), killed_cache)
+    kept = sorted(p.relative_to(root) for p in root.rglob("chunk*.npz"))
+    assert len(kept) == 2 and all(Path(f"{root / p}.sha256").exists() for p in kept)
+
+    resumed, whole = (subprocess.run([sys.executable, "-c", BUILDER, str(cache)], capture_output=True, text=True,
+                                     timeout=600) for cache in (killed_cache, whole_cache))
+    assert resumed.returncode == 0 and whole.returncode == 0, resumed.stderr + whole.stderr
+    (resumed_calls, resumed_digest), (whole_calls, whole_digest) = resumed.stdout.split(), whole.stdout.split()
+    assert (int(resumed_calls), int(whole_calls)) == (8 - 2, 8)  # only the unfinished chunks were trained
+    assert resumed_digest == whole_digest  # the same losses and masks as an uninterrupted build, bit for bit

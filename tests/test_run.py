@@ -23,7 +23,11 @@ from influence_bench.runner.isolation import THREADS_ENV
 
 TESTS = Path(__file__).parent
 CHAIN = ["ggn", "block-ggn", "ekfac", "kfac", "kfac-eigvals-in-block-basis", "identity"]
-MISBEHAVING = ["test-crashes", "test-nan-scores", "test-wrong-shape", "test-bad-curvature"]
+# the fault-injection cases of one run (README "What a run survives"): entry -> its status
+MISBEHAVING = {"test-crashes": "error", "test-nan-scores": "invalid-output", "test-wrong-shape": "invalid-output",
+               "test-bad-curvature": "error", "test-overruns": "timeout", "test-allocates": "oom",
+               "test-exits": "crashed"}
+ENTRY_TIMEOUT_S = 10  # test-overruns sleeps far past it; test-slow-start spends longer than it before its fit
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,8 @@ def tiny_run(plugin_env):
     root = plugin_env
     # two entry processes at a time: most of an entry's time here is its process importing torch
     result = CliRunner().invoke(app, ["run", "--task", "digits-tiny", "--preset", "smoke", "--plugins",
-                                      "bench_plugins", "--entries", ",".join(CHAIN + MISBEHAVING), "--jobs", "2",
+                                      "bench_plugins", "--entries", ",".join(CHAIN + list(MISBEHAVING) + ["test-slow-start"]),
+                                      "--jobs", "2", "--entry-timeout", str(ENTRY_TIMEOUT_S), "--entry-memory", "3000",
                                       "--out", str(root / "out")])
     return result, root / "out", root / "cache"
 
@@ -63,13 +68,17 @@ def test_failures_are_rows_and_the_others_finish(tiny_run):
         assert name in result.stderr
     assert "deliberate failure in fit" in result.stderr
     table = pd.read_parquet(out / schema.RESULTS_FILE)
-    failed = table[table.status == "failed"].set_index("entry").message
-    assert set(failed.index) == set(MISBEHAVING)
-    assert "NaN" in failed["test-nan-scores"] and "shape" in failed["test-wrong-shape"]
-    assert failed["test-bad-curvature"].startswith("metrics failed")
+    failed = table[table.status.isin(schema.FAILURE_STATUSES)].set_index("entry")
+    assert failed.status.to_dict() == MISBEHAVING
+    message = failed.message
+    assert "NaN" in message["test-nan-scores"] and "shape" in message["test-wrong-shape"]
+    assert message["test-bad-curvature"].startswith("metrics failed")
+    assert f"{ENTRY_TIMEOUT_S} s after its fit started" in message["test-overruns"]
+    assert "out of memory" in message["test-allocates"] and "--entry-memory" in message["test-allocates"]
+    assert "exited with code 3" in message["test-exits"]
     assert (out / "scores" / "test-bad-curvature.fixed.npy").exists()  # its valid scores are not lost
     ok = set(table[(table.metric == "lds") & (table.status == "ok")].entry)
-    assert ok == set(CHAIN)
+    assert ok == set(CHAIN) | {"test-slow-start"}  # its time before fit did not count against its limit
     manifest = json.loads((out / schema.MANIFEST_FILE).read_text())
     assert set(manifest["failures"]) == set(failed.index)
 

@@ -124,7 +124,7 @@ def rung_result(run: Run, entry: str, track: str, alphas: list[float]) -> tuple[
     rows = run.table[run.table.entry == key]
     if rows.empty and not any(e == key for _, _, e in run.draws):
         return f"{entry} was not run"
-    if (rows.status == "failed").any():
+    if rows.status.isin(schema.FAILURE_STATUSES).any():
         return f"{entry} failed"
     if ((rows.status == "skipped") & (rows.metric == "status")).any():
         return f"{entry} was skipped"

@@ -256,7 +256,8 @@ def sections(results: pd.DataFrame, rank: pd.DataFrame, decomposition: pd.DataFr
     failures = tables.failed_table(results)
     if len(failures):
         found.append(Section("failed", "Failed entries",
-                             "Entries that crashed or produced unusable scores; they are not ranked.",
+                             "Entries that did not finish, with their status (timeout, oom, crashed, error, "
+                             "invalid-output); they are not ranked.",
                              tables=[table_view(failures)]))
     return found
 

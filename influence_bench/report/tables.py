@@ -178,7 +178,7 @@ def direction(results: pd.DataFrame, track: str, metric: str) -> bool | None:
 
 
 def failed(results: pd.DataFrame) -> pd.DataFrame:
-    return results[results.status == "failed"]
+    return results[results.status.isin(schema.FAILURE_STATUSES)]
 
 
 def skipped(results: pd.DataFrame) -> pd.DataFrame:
@@ -559,7 +559,8 @@ def chain_conclusions(decomposition: pd.DataFrame, split: pd.DataFrame) -> list[
 # -- the entries that did not run ----------------------------------------------------------------------
 def failed_table(results: pd.DataFrame) -> pd.DataFrame:
     rows = failed(results).drop_duplicates("entry").sort_values("entry")
-    return pd.DataFrame({"entry": rows.entry, "message": rows.message.fillna("")}).reset_index(drop=True)
+    return pd.DataFrame({"entry": rows.entry, "status": rows.status, "message": rows.message.fillna("")}).reset_index(
+        drop=True)
 
 
 def skipped_table(results: pd.DataFrame) -> pd.DataFrame:

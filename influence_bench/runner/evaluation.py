@@ -53,7 +53,7 @@ class EvalSettings:
 @dataclass
 class EntryResult:
     name: str
-    status: str  # "ok", "skipped" or "failed"
+    status: str  # "ok", "skipped" or one of schema.FAILURE_STATUSES
     message: str = ""
     rows: list[dict] = field(default_factory=list)
     grid: list[dict] = field(default_factory=list)
@@ -65,6 +65,10 @@ class EntryResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def failed(self) -> bool:
+        return schema.is_failure(self.status)
 
     # -- across a process boundary: a directory of small files -------------------------------------
     def save(self, directory: Path) -> None:
@@ -100,8 +104,27 @@ def _json_default(value):
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def failed(name: str, message: str, status: str = "failed") -> EntryResult:
+def failed(name: str, message: str, status: str = "error") -> EntryResult:
     return EntryResult(name, status, message, rows=[schema.failure_row(name, message, status)])
+
+
+_OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """The status and message of an exception an entry raised: ``invalid-output`` for unusable scores,
+    ``oom`` for an allocation the memory limit refused, ``error`` for the rest."""
+    message = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, EntryOutputError):
+        return "invalid-output", str(exc)
+    if isinstance(exc, MemoryError) or any(s in str(exc).lower() for s in _OUT_OF_MEMORY):
+        return "oom", f"out of memory: {message.splitlines()[0][:300]} (raise --entry-memory)"
+    return "error", message
+
+
+def failed_with(name: str, exc: BaseException) -> EntryResult:
+    status, message = classify(exc)
+    return failed(name, message, status)
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -218,8 +241,10 @@ def lds_rows(name: str, track: str, scores: np.ndarray, gt: LDSGroundTruth, quer
 
 # -- the evaluation ---------------------------------------------------------------------------------
 def evaluate_entry(entry: Entry, problem: InfluenceProblem, gt: LDSGroundTruth, settings: EvalSettings,
-                   reference: Callable[[], "object"], isolated: bool = True) -> EntryResult:
-    """Everything measured about one entry. ``reference()`` gives the GGN reference (loaded on demand).
+                   reference: Callable[[], "object"], isolated: bool = True,
+                   before_fit: Callable[[], None] = lambda: None) -> EntryResult:
+    """Everything measured about one entry. ``reference()`` gives the GGN reference (loaded on demand);
+    ``before_fit()`` is called just before the entry's fit (where an isolated entry's time limit starts).
 
     Raises what the entry raises; the caller turns it into a failed row.
     """
@@ -228,6 +253,7 @@ def evaluate_entry(entry: Entry, problem: InfluenceProblem, gt: LDSGroundTruth, 
     if reason:
         return failed(name, reason, status="skipped")
     torch.manual_seed(0)
+    before_fit()
     _, fit_t = timed(lambda: entry.fit(problem))
     (scores_fixed, ihvp), score_t = timed(lambda: fixed_track(entry, problem, settings.damping))
     repeats = [score_t.wall_s]
@@ -261,7 +287,7 @@ def evaluate_entry(entry: Entry, problem: InfluenceProblem, gt: LDSGroundTruth, 
         rows += metric_rows(entry, problem, settings, reference(), scores_fixed, ihvp)
     except Exception as exc:  # noqa: BLE001 - its valid scores are kept, its row says what failed
         message = f"metrics failed: {type(exc).__name__}: {exc}"
-        return EntryResult(name, "failed", message, [schema.failure_row(name, message)], grid, points, {},
+        return EntryResult(name, "error", message, [schema.failure_row(name, message)], grid, points, {},
                            scores_fixed, scores_tuned)
     rows += [schema.row(name, "diagnostics", key, value, None) for key, value in entry.diagnostics().items()]
     spread = (max(repeats) - min(repeats)) / float(np.median(repeats)) if len(repeats) > 1 else math.nan

@@ -1,4 +1,4 @@
-"""Entries (and the GGN reference) in processes of their own.
+"""Entries (and the GGN reference) in processes of their own, with a time and a memory limit.
 
 A crash, a NaN or a memory peak stays with its process; peak memory is that process's own. The
 parent writes a job (``job.json``, the shared gradients, the reference model) into a work
@@ -6,6 +6,13 @@ directory; ``python -m influence_bench.runner.isolation WORKDIR --entry NAME`` e
 and writes its ``EntryResult`` to ``WORKDIR/entries/NAME/``; ``--reference`` builds the GGN
 reference into ``WORKDIR/reference.pt``. An entry given as an object (not a registered name) is
 pickled into its directory first.
+
+Limits. The worker writes ``fit.started`` just before the entry's ``fit``; the time limit counts
+from there (the worker's start-up, imports and loading the problem do not count, up to
+``STARTUP_TIMEOUT_S``). The memory limit is ``RLIMIT_DATA`` of the worker: an allocation past it
+fails inside the entry, which becomes status ``oom``. Every outcome gets its own status
+(``schema.FAILURE_STATUSES``): ``timeout``, ``oom``, ``crashed`` (the process died without a result:
+``os._exit``, a segfault, the kernel's OOM killer), ``error``, ``invalid-output``.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import resource
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -25,11 +34,15 @@ from pathlib import Path
 import torch
 
 from influence_bench.entries.base import Entry
-from influence_bench.runner.evaluation import EntryResult, EvalSettings, evaluate_entry, failed
+from influence_bench.runner.evaluation import EntryResult, EvalSettings, evaluate_entry, failed, failed_with
 
 REFERENCE_FILE = "reference.pt"
 HESSIAN_FILE = "hessian.pt"
 SHARED_TIMES_FILE = "shared_times.json"
+FIT_STARTED_FILE = "fit.started"  # written by the worker just before fit: the time limit counts from it
+LOG_FILE = "worker.log"  # the worker's stdout and stderr
+STARTUP_TIMEOUT_S = 900.0  # a worker that has not reached fit by then is stopped (status "timeout")
+POLL_S = 0.1
 
 
 @dataclass
@@ -122,12 +135,13 @@ def evaluate_here(workdir: Path, name: str) -> int:
 
         reference = GGNReference.load(workdir / REFERENCE_FILE)
         share_dense(problem, entry, workdir, reference)
-        result = evaluate_entry(entry, problem, gt, job.settings, lambda: reference)
+        result = evaluate_entry(entry, problem, gt, job.settings, lambda: reference,
+                                before_fit=lambda: (out / FIT_STARTED_FILE).write_text(repr(time.time())))
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a row, never a lost run
-        result = failed(name, f"{type(exc).__name__}: {exc}")
+        result = failed_with(name, exc)
         (out / "traceback.txt").write_text(traceback.format_exc())
     result.save(out)
-    return 0 if result.status != "failed" else 1
+    return 1 if result.failed else 0
 
 
 def instantiate(out: Path, name: str, job: Job) -> Entry:
@@ -143,12 +157,17 @@ def instantiate(out: Path, name: str, job: Job) -> Entry:
 THREADS_ENV = "INFLUENCE_BENCH_THREADS"
 
 
-def _run(workdir: Path, args: list[str], timeout_s: float, threads: int | None = None) -> subprocess.CompletedProcess:
+def _command(workdir: Path, args: list[str], threads: int | None) -> tuple[list[str], dict]:
     env = dict(os.environ, PYTHONWARNINGS="ignore::DeprecationWarning")
     if threads:
         env.update({THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)})
-    return subprocess.run([sys.executable, "-m", "influence_bench.runner.isolation", str(workdir), *args],
-                          capture_output=True, text=True, timeout=timeout_s, env=env, preexec_fn=_die_with_parent)
+    return [sys.executable, "-m", "influence_bench.runner.isolation", str(workdir), *args], env
+
+
+def _run(workdir: Path, args: list[str], timeout_s: float, threads: int | None = None) -> subprocess.CompletedProcess:
+    cmd, env = _command(workdir, args, threads)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
+                          preexec_fn=_die_with_parent)
 
 
 def _die_with_parent() -> None:
@@ -162,8 +181,36 @@ def _die_with_parent() -> None:
         pass
 
 
-def _tail(proc: subprocess.CompletedProcess) -> str:
-    return " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
+def _limited(memory_mb: float | None):
+    """What the worker runs before it starts: die with the parent, and the memory limit."""
+    def prepare() -> None:
+        _die_with_parent()
+        if memory_mb:
+            limit = int(memory_mb * 2**20)
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    return prepare
+
+
+def default_memory_mb() -> float:
+    """The default memory limit of one entry: 8 GiB, or 80 % of this machine's memory when that is less."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return 8192.0
+    return float(min(8192, int(0.8 * total)))
+
+
+def _ended(returncode: int) -> str:
+    if returncode < 0:
+        sig = signal.Signals(-returncode)
+        why = (" (the kernel's out-of-memory killer sends it: try fewer --jobs or a lower --entry-memory)"
+               if sig == signal.SIGKILL else "")
+        return f"its process was killed by {sig.name}{why}"
+    return f"its process exited with code {returncode}"
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"
 
 
 def build_reference_isolated(workdir: Path, timeout_s: float) -> tuple[Path, dict[str, float], dict[str, float]]:
@@ -174,18 +221,18 @@ def build_reference_isolated(workdir: Path, timeout_s: float) -> tuple[Path, dic
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"building the GGN reference timed out after {timeout_s:.0f} s") from None
     if proc.returncode != 0 or not (workdir / REFERENCE_FILE).exists():
-        raise RuntimeError(f"building the GGN reference failed (exit code {proc.returncode}): {_tail(proc)}")
+        raise RuntimeError(f"building the GGN reference failed (exit code {proc.returncode}): {_tail(proc.stderr or proc.stdout or '')}")
     shared = json.loads((workdir / SHARED_TIMES_FILE).read_text())
     return workdir / REFERENCE_FILE, shared["times"], shared["stats"]
 
 
 def evaluate_all_isolated(workdir: Path, entries: list, timeout_s: float, jobs: int = 1,
-                          on_done=lambda result: None) -> list[EntryResult]:
+                          on_done=lambda result: None, memory_mb: float | None = None) -> list[EntryResult]:
     """Every entry in its own process, ``jobs`` at a time (each with cores // jobs threads); in order."""
     if jobs == 1:
         out = []
         for e in entries:
-            out.append(evaluate_isolated(workdir, e, timeout_s))
+            out.append(evaluate_isolated(workdir, e, timeout_s, memory_mb=memory_mb))
             on_done(out[-1])
         return out
     from concurrent.futures import ThreadPoolExecutor
@@ -193,7 +240,7 @@ def evaluate_all_isolated(workdir: Path, entries: list, timeout_s: float, jobs: 
     threads = max(1, (os.cpu_count() or 1) // jobs)
 
     def one(e):
-        result = evaluate_isolated(workdir, e, timeout_s, threads)
+        result = evaluate_isolated(workdir, e, timeout_s, threads, memory_mb)
         on_done(result)
         return result
 
@@ -201,7 +248,9 @@ def evaluate_all_isolated(workdir: Path, entries: list, timeout_s: float, jobs: 
         return list(pool.map(one, entries))
 
 
-def evaluate_isolated(workdir: Path, entry: str | Entry, timeout_s: float, threads: int | None = None) -> EntryResult:
+def evaluate_isolated(workdir: Path, entry: str | Entry, timeout_s: float, threads: int | None = None,
+                      memory_mb: float | None = None) -> EntryResult:
+    """One entry in a worker of its own: its result, or a failure row with its own status."""
     name = entry if isinstance(entry, str) else entry.name
     out = entry_dir(workdir, name)
     shutil.rmtree(out, ignore_errors=True)
@@ -212,14 +261,50 @@ def evaluate_isolated(workdir: Path, entry: str | Entry, timeout_s: float, threa
         except Exception as exc:  # noqa: BLE001
             return failed(name, f"the entry object cannot be pickled for its own process ({type(exc).__name__}: "
                                 f"{exc}); register its class in an importable module, or run with isolate=False")
+    cmd, env = _command(workdir, ["--entry", name], threads)
+    with open(out / LOG_FILE, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_limited(memory_mb))
+        stopped = _watch(proc, out, timeout_s)
+    if stopped:
+        return failed(name, stopped, status="timeout")
+    if (out / "result.json").exists():
+        return EntryResult.load(out)
+    return failed(name, f"{_ended(proc.returncode)} without a result: {_log_tail(out / LOG_FILE)}", status="crashed")
+
+
+def _watch(proc: subprocess.Popen, out: Path, timeout_s: float) -> str:
+    """Wait for the worker; stop it past its limit. Returns why it was stopped ("" if it ended)."""
+    started = time.time()
+    while proc.poll() is None:
+        marker = out / FIT_STARTED_FILE
+        fit_started = _read_time(marker) if marker.exists() else None
+        now = time.time()
+        if fit_started is None and now - started > STARTUP_TIMEOUT_S:
+            why = f"its process did not reach fit within {STARTUP_TIMEOUT_S:.0f} s of starting"
+        elif fit_started is not None and now - fit_started > timeout_s:
+            why = f"timed out: still running {timeout_s:g} s after its fit started (raise --entry-timeout)"
+        else:
+            time.sleep(POLL_S)
+            continue
+        proc.kill()
+        proc.wait()
+        return why
+    return ""
+
+
+def _read_time(marker: Path) -> float | None:
     try:
-        proc = _run(workdir, ["--entry", name], timeout_s, threads)
-    except subprocess.TimeoutExpired:
-        return failed(name, f"timed out after {timeout_s:.0f} s (raise --entry-timeout)")
-    if not (out / "result.json").exists():
-        return failed(name, f"its process exited with code {proc.returncode} without a result "
-                            f"(killed for memory?): {_tail(proc)}")
-    return EntryResult.load(out)
+        return float(marker.read_text())
+    except (OSError, ValueError):  # being written
+        return None
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        return _tail(log.read_text(errors="replace"))
+    except OSError:
+        return "(no output)"
 
 
 def main(argv: list[str]) -> int:
