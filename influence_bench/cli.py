@@ -1,4 +1,9 @@
-"""The ``influence-bench`` command: list, groundtruth (and, as issues land, run and report)."""
+"""The ``influence-bench`` command: list, groundtruth, run, report.
+
+A thin shell over the Python API. Heavy modules (torch, curvlinops, pandas) are imported inside the
+commands, after every name has been checked against the torch-free catalogue (``catalogue``), so
+``--help``, ``list`` and an error for a bad name answer at once.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from influence_bench import catalogue
 from influence_bench.groundtruth.cache import CACHE_ENV, default_cache_dir
 from influence_bench.groundtruth.presets import PRESETS, UnknownPresetError, get_preset
-from influence_bench.tasks import DEFAULT_TASK, TASKS, UnknownTaskError, get_task
+from influence_bench.naming import UnknownEntryError, UnknownTaskError, split_names
+
+DEFAULT_TASK = "digits-mlp"
 
 app = typer.Typer(
     help="A benchmark suite for curvature (Hessian) approximations in influence functions.",
@@ -47,26 +55,47 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def check_device(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        fail(f"--device {device} was asked for but torch sees no CUDA device; use --device cpu")
     if not (device == "cpu" or device.startswith("cuda")):
         fail(f"unknown device {device!r}; use cpu or cuda")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            fail(f"--device {device} was asked for but torch sees no CUDA device; use --device cpu")
     return device
 
 
-def _items() -> dict[str, list[dict]]:
-    from influence_bench.entries import ENTRIES
+def check_names(task: str, entries: list[str] | None, plugins: list[str]) -> str:
+    """The task's name, once the task and every entry name are known to exist: from the torch-free
+    catalogue, or, with plugins (which may add tasks and entries), from the registries after importing
+    them. Raises UnknownTaskError, UnknownEntryError or ValueError (a plugin that does not import)."""
+    if not plugins:
+        name = catalogue.task_name(task)
+        canonical = [catalogue.entry_name(entry) for entry in entries or ()]
+        twice = sorted({n for n in canonical if canonical.count(n) > 1})
+        if twice:
+            raise ValueError(f"entries named more than once: {', '.join(twice)}")
+        return name
+    from influence_bench.api import resolve_entries
+    from influence_bench.runner.plugins import PluginError, load_plugins
+    from influence_bench.tasks import get_task
 
-    tasks = [
-        {"name": t.name, "version": t.version, "key": t.key, "n_params": t.n_params, "description": t.description}
-        for t in TASKS.values()
-    ]
-    entries = [{"name": name, "description": cls.description, "capabilities": ",".join(sorted(cls.capabilities)) or "-",
+    try:
+        load_plugins(plugins)
+    except PluginError as exc:
+        raise ValueError(str(exc)) from None
+    name = get_task(task).name
+    resolve_entries(entries, 1e-4, 1e-6)
+    return name
+
+
+def _items() -> dict[str, list[dict]]:
+    known = catalogue.load()
+    tasks = [{k: t[k] for k in ("name", "version", "key", "n_params", "description")} for t in known["tasks"]]
+    entries = [{"name": e["name"], "description": e["description"], "capabilities": ",".join(e["capabilities"]) or "-",
                 "parameters": "; ".join(f"{k}={'|'.join(str(v).lower() for v in values)}"
-                                        for k, values in cls.parameters.items()) or "-"}
-               for name, cls in ENTRIES.items()]
+                                        for k, values in e["parameters"].items()) or "-"}
+               for e in known["entries"]]
     presets = [{"name": p.name, "n_masks": p.n_masks, "n_seeds": p.n_seeds, "n_trainings": p.n_trainings,
                 "description": p.description} for p in PRESETS.values()]
     return {"tasks": tasks, "entries": entries, "presets": presets}
@@ -102,14 +131,17 @@ def groundtruth(
 ):
     """Build (or load from the cache) the LDS ground truth of a task and print its noise ceiling;
     with ``--loo`` also the leave-one-out ground truth and its ceiling."""
-    from influence_bench.groundtruth.lds import build_lds_groundtruth, groundtruth_dir
-    from influence_bench.metrics.lds import noise_ceiling
-
     try:
-        spec, chosen = get_task(task), get_preset(preset).with_alphas(parse_alphas(alphas))
-    except (UnknownTaskError, UnknownPresetError) as exc:
+        catalogue.task_name(task)
+        chosen = get_preset(preset).with_alphas(parse_alphas(alphas))
+    except (UnknownTaskError, UnknownPresetError, ValueError) as exc:
         fail(str(exc))
     device = check_device(device)
+    from influence_bench.groundtruth.lds import build_lds_groundtruth, groundtruth_dir
+    from influence_bench.metrics.lds import noise_ceiling
+    from influence_bench.tasks import get_task
+
+    spec = get_task(task)
     from influence_bench.groundtruth.cache import UnwritableDirectoryError, check_writable
 
     try:
@@ -171,28 +203,20 @@ def run(
                                "of the same configuration resumes it, and another configuration is refused)."),
 ):
     """Run entries against a task's ground truth (built first if missing) and write a results directory."""
-    from influence_bench.entries import UnknownEntryError
-    from influence_bench.runner.plugins import PluginError, load_plugins
-
     plugin_list = [p.strip() for p in plugins.split(",") if p.strip()] if plugins else []
-    from influence_bench.entries import split_names
-
     names = split_names(entries) if entries else None
     try:
-        load_plugins(plugin_list)
-        spec, chosen = get_task(task), get_preset(preset).with_alphas(parse_alphas(alphas))
-        from influence_bench.api import resolve_entries
-
-        resolve_entries(names, damping, 1e-6)
+        task_name = check_names(task, names, plugin_list)
+        chosen = get_preset(preset).with_alphas(parse_alphas(alphas))
         if jobs < 1 or (jobs > 1 and not isolate):
             raise ValueError(f"--jobs {jobs}: use --jobs >= 1, and more than 1 only with --isolate")
-    except (UnknownTaskError, UnknownPresetError, PluginError, UnknownEntryError, ValueError) as exc:
+    except (UnknownTaskError, UnknownPresetError, UnknownEntryError, ValueError) as exc:
         fail(str(exc))
     device = check_device(device)
     from influence_bench.api import run as run_benchmark
 
     at = "" if chosen.alphas == get_preset(preset).alphas else "-alpha" + "-".join(f"{a:g}" for a in chosen.alphas)
-    out_dir = out or Path("results") / f"{spec.name}-{chosen.name}{at}"
+    out_dir = out or Path("results") / f"{task_name}-{chosen.name}{at}"
     start = time.perf_counter()
     from influence_bench.groundtruth.cache import UnwritableDirectoryError
     from influence_bench.runner.resume import ResultsDirError

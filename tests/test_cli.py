@@ -1,5 +1,9 @@
 import json
 import re
+import subprocess
+import sys
+
+import pytest
 
 from typer.testing import CliRunner
 
@@ -70,3 +74,53 @@ def test_run_with_an_unknown_preset_fails_before_any_work(tmp_path):
     result = runner.invoke(app, ["run", "--preset", "huge", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "valid presets" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_catalogue_is_what_the_registries_say():
+    """The torch-free catalogue the command line reads equals the built-in registries (regenerate it with
+    ``python -m influence_bench.catalogue`` after changing an entry or a task)."""
+    from influence_bench import catalogue
+
+    assert catalogue.load() == json.loads(json.dumps(catalogue.build())), f"stale: run `{catalogue.REGENERATE}`"
+    built_in = {n for n, cls in ENTRIES.items() if cls.__module__.startswith("influence_bench.")}
+    assert {e["name"] for e in catalogue.load()["entries"]} == built_in and "kfac" in built_in
+
+
+def test_the_catalogue_checks_names_as_the_entries_do():
+    from influence_bench import catalogue
+    from influence_bench.entries import UnknownEntryError, make_entry
+
+    for name in ("kfac[separate=true,fisher=mc]", "ekfac[fisher=mc,samples=4]", "hessian[negative=abs]", "cg"):
+        assert catalogue.entry_name(name) == make_entry(name).name
+    for bad in ("kfca", "kfac[samples=4]", "kfac[fisher=exact]", "kfac[size=3]", "kfac[fisher]"):
+        with pytest.raises(UnknownEntryError) as from_catalogue:
+            catalogue.entry_name(bad)
+        with pytest.raises(UnknownEntryError) as from_class:
+            make_entry(bad)
+        assert str(from_catalogue.value) == str(from_class.value)
+
+
+QUICK = """
+import sys
+from influence_bench.cli import main
+sys.argv = ["influence-bench", *sys.argv[1:]]
+code = 0
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code
+heavy = sorted(m for m in ("torch", "curvlinops", "pandas", "scipy") if m in sys.modules)
+print("HEAVY:", ",".join(heavy) or "none", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "--json"], ["run", "--help"],
+                                  ["run", "--task", "nope"], ["run", "--entries", "kfca"],
+                                  ["run", "--entries", "kfac[samples=4]"], ["run", "--preset", "nope"],
+                                  ["groundtruth", "--task", "nope"]])
+def test_help_list_and_bad_names_answer_without_importing_torch(args):
+    done = subprocess.run([sys.executable, "-c", QUICK, *args], capture_output=True, text=True, timeout=60)
+    assert "HEAVY: none" in done.stderr, done.stderr
+    bad = args[-1] in ("nope", "kfca", "kfac[samples=4]")
+    assert done.returncode == (2 if bad else 0) and ("error:" in done.stderr) == bad, done.stderr

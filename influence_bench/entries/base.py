@@ -25,22 +25,29 @@ computed in chunks of test queries.
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 import torch
 
 from influence_bench.curvature.eigen import DEFAULT_DAMPING, DEFAULT_EPS, EigenCurvature
+from influence_bench.naming import (
+    UnknownEntryError,
+    coerce_point,
+    full_point,
+    parse_point,
+    point_name,
+    split_names,
+    unknown_entry,
+    unknown_parameter,
+)
 from influence_bench.problem import InfluenceProblem
+
+__all__ = ["ENTRIES", "CAPABILITIES", "UnknownEntryError", "parse_point", "split_names", "register", "unregister",
+           "get_entry", "make_entry", "Entry", "EigenEntry", "DenseEntry", "NotFittedError", "MissingCapabilityError"]
 
 ENTRIES: dict[str, type["Entry"]] = {}
 CAPABILITIES = frozenset({"eigen", "operator", "scores"})
 SCORE_CHUNK = 64  # test queries whose inverse products are held at once
-
-
-class UnknownEntryError(KeyError):
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 class NotFittedError(RuntimeError):
@@ -68,49 +75,13 @@ def unregister(name: str) -> None:
     ENTRIES.pop(name, None)
 
 
-_POINT = re.compile(r"^\s*([^\[\]\s]+)\s*(?:\[(.*)\])?\s*$")
-
-
-def parse_point(spec: str) -> tuple[str, dict[str, str]]:
-    """``"kfac[fisher=mc, separate=true]"`` -> ``("kfac", {"fisher": "mc", "separate": "true"})``."""
-    match = _POINT.match(spec)
-    if not match:
-        raise UnknownEntryError(f"cannot read the entry {spec!r}; write NAME or NAME[param=value,...]")
-    name, inner = match.group(1), match.group(2)
-    params: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in (inner or "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise UnknownEntryError(f"cannot read {item!r} in the entry {spec!r}; write param=value")
-        if key.strip() in params:
-            raise UnknownEntryError(f"parameter {key.strip()!r} given twice in the entry {spec!r}")
-        params[key.strip()] = value.strip()
-    return name, params
-
-
-def split_names(text: str) -> list[str]:
-    """``"identity,kfac[fisher=mc,separate=true]"`` -> ``["identity", "kfac[fisher=mc,separate=true]"]``:
-    commas inside brackets belong to a parameter point."""
-    names, depth, current = [], 0, ""
-    for char in text:
-        depth += {"[": 1, "]": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            names.append(current)
-            current = ""
-        else:
-            current += char
-    names.append(current)
-    return [n.strip() for n in names if n.strip()]
-
-
 def get_entry(name: str) -> type["Entry"]:
     """The class of an entry, by its registered name (any parameter point of it: ``kfac[fisher=mc]``)."""
     base, _ = parse_point(name)
     try:
         return ENTRIES[base]
     except KeyError:
-        valid = ", ".join(ENTRIES)
-        raise UnknownEntryError(f"unknown entry {base!r}; valid entries: {valid} (see `influence-bench list`)") from None
+        raise unknown_entry(base, list(ENTRIES)) from None
 
 
 def make_entry(name: str, damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS) -> "Entry":
@@ -118,14 +89,6 @@ def make_entry(name: str, damping: float = DEFAULT_DAMPING, eps: float = DEFAULT
     cls = get_entry(name)
     _, raw = parse_point(name)
     return cls(damping=damping, eps=eps, **cls.coerce_params(raw))
-
-
-def _coerce(value: str, allowed: tuple) -> Any:
-    """The allowed value whose text is ``value`` (``"true"`` -> True, ``"4"`` -> 4)."""
-    for candidate in allowed:
-        if str(candidate).lower() == value.lower():
-            return candidate
-    return None
 
 
 class Entry:
@@ -153,31 +116,17 @@ class Entry:
     @classmethod
     def coerce_params(cls, raw: dict[str, str]) -> dict[str, Any]:
         """Text values (from a name such as ``kfac[fisher=mc]``) as the grid's typed values."""
-        out = {}
-        for key, value in raw.items():
-            if key not in cls.parameters:
-                raise UnknownEntryError(cls._unknown_parameter(key))
-            typed = _coerce(value, cls.parameters[key])
-            if typed is None:
-                raise UnknownEntryError(f"entry {cls.name!r}: {key}={value} is not in its grid; "
-                                        f"{key} takes {', '.join(str(v).lower() for v in cls.parameters[key])}")
-            out[key] = typed
-        return out
-
-    @classmethod
-    def _unknown_parameter(cls, key: str) -> str:
-        known = ", ".join(cls.parameters) or "none"
-        return f"entry {cls.name!r} has no parameter {key!r}; its parameters: {known}"
+        return coerce_point(cls.name, cls.parameters, raw)
 
     @classmethod
     def validate_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """Every declared parameter, defaults filled in; unknown names or values outside the grid raise."""
         for key, value in params.items():
             if key not in cls.parameters:
-                raise UnknownEntryError(cls._unknown_parameter(key))
+                raise unknown_parameter(cls.name, cls.parameters, key)
             if value not in cls.parameters[key]:
                 raise UnknownEntryError(f"entry {cls.name!r}: {key}={value!r} is not in its grid {cls.parameters[key]}")
-        full = {key: params.get(key, allowed[0]) for key, allowed in cls.parameters.items()}
+        full = full_point(cls.parameters, params)
         reason = cls.invalid_point(full)
         if reason:
             raise UnknownEntryError(f"entry {cls.point_name(full)!r}: {reason}")
@@ -191,9 +140,7 @@ class Entry:
     @classmethod
     def point_name(cls, params: dict[str, Any]) -> str:
         """The canonical name of a point: declared order, parameters at their default left out."""
-        shown = [f"{k}={str(params[k]).lower()}" for k, allowed in cls.parameters.items()
-                 if k in params and params[k] != allowed[0]]
-        return f"{cls.name}[{','.join(shown)}]" if shown else cls.name
+        return point_name(cls.name, cls.parameters, params)
 
     @classmethod
     def grid(cls) -> list[dict[str, Any]]:

@@ -1,13 +1,26 @@
-"""Ground truth: presets, the artifact cache, the reference model, LDS and leave-one-out retrainings."""
+"""Ground truth: presets, the artifact cache, the reference model, LDS and leave-one-out retrainings.
 
-from influence_bench.groundtruth.cache import ArtifactStore, default_cache_dir
-from influence_bench.groundtruth.lds import LDSGroundTruth, build_lds_groundtruth, draw_masks, groundtruth_dir
-from influence_bench.groundtruth.loo import LOOGroundTruth, build_loo_groundtruth, draw_loo_points, loo_dir
-from influence_bench.groundtruth.presets import PRESETS, Preset, UnknownPresetError, get_preset
-from influence_bench.groundtruth.reference import reference_model
+The names below are imported on first use (PEP 562), so that the torch-free parts (``presets``,
+``cache``) load without torch, and the command line answers ``--help`` and bad names at once.
+"""
 
-__all__ = [
-    "PRESETS", "ArtifactStore", "LDSGroundTruth", "LOOGroundTruth", "Preset", "UnknownPresetError",
-    "build_lds_groundtruth", "build_loo_groundtruth", "default_cache_dir", "draw_loo_points", "draw_masks",
-    "get_preset", "groundtruth_dir", "loo_dir", "reference_model",
-]
+from importlib import import_module
+
+_WHERE = {
+    "ArtifactStore": "cache", "default_cache_dir": "cache",
+    "LDSGroundTruth": "lds", "build_lds_groundtruth": "lds", "draw_masks": "lds", "groundtruth_dir": "lds",
+    "LOOGroundTruth": "loo", "build_loo_groundtruth": "loo", "draw_loo_points": "loo", "loo_dir": "loo",
+    "PRESETS": "presets", "Preset": "presets", "UnknownPresetError": "presets", "get_preset": "presets",
+    "reference_model": "reference",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

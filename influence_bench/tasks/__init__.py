@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from influence_bench.naming import UnknownTaskError, unknown_task
 from influence_bench.tasks.digits_mlp import DIGITS_MLP, DIGITS_MLP_COSINE
 from influence_bench.tasks.spec import TaskData, TaskSpec, TrainingRecipe
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in (DIGITS_MLP, DIGITS_MLP_COSINE)}
+BUILT_IN_TASKS = (DIGITS_MLP, DIGITS_MLP_COSINE)
+TASKS: dict[str, TaskSpec] = {t.name: t for t in BUILT_IN_TASKS}
 DEFAULT_TASK = DIGITS_MLP.name
-
-
-class UnknownTaskError(KeyError):
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
@@ -27,8 +24,7 @@ def get_task(name: str) -> TaskSpec:
     for spec in TASKS.values():
         if name in (spec.name, spec.key):
             return spec
-    valid = ", ".join(sorted(TASKS))
-    raise UnknownTaskError(f"unknown task {name!r}; valid tasks: {valid} (see `influence-bench list`)")
+    raise unknown_task(name, sorted(TASKS))
 
 
-__all__ = ["TASKS", "DEFAULT_TASK", "TaskData", "TaskSpec", "TrainingRecipe", "UnknownTaskError", "get_task", "register_task"]
+__all__ = ["BUILT_IN_TASKS", "TASKS", "DEFAULT_TASK", "TaskData", "TaskSpec", "TrainingRecipe", "UnknownTaskError", "get_task", "register_task"]
