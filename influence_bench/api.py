@@ -162,8 +162,10 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
 
     gt = build_lds_groundtruth(spec, chosen_preset, cache, device=device, progress=progress)
     loo_gt = build_loo_groundtruth(spec, chosen_preset, cache, device=device, progress=progress) if loo else None
-    model = reference_model(spec, cache, device=device)
+    model = reference_model(spec, cache, device=device, say=lambda m: _say(m, progress))
     problem = InfluenceProblem(model, spec.data, name=spec.key, dense_limit=dense_limit)
+    _say(f"per-example gradients of {problem.n_train:,} training and {problem.n_test:,} test points "
+         f"(P = {problem.n_params:,})", progress)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     train_grads, test_grads = problem.train_grads, problem.test_grads
     gradient_s, gradient_cpu_s = time.perf_counter() - start_wall, time.process_time() - start_cpu
@@ -176,7 +178,9 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     workdir = Path(tempfile.mkdtemp(prefix="influence-bench-"))
     try:
         kind = "exact" if problem.dense_allowed else "estimated (above the dense limit)"
-        _say(f"GGN reference for the fidelity metrics: {kind}, P = {problem.n_params:,}", progress)
+        dense = f" and the shared dense {' and '.join(sorted(needs))}" if needs else ""
+        _say(f"building the GGN reference for the fidelity metrics ({kind}, P = {problem.n_params:,}){dense}",
+             progress)
         if isolate:
             torch.save(model.state_dict(), workdir / "model.pt")
             torch.save({"train": train_grads, "test": test_grads}, workdir / "gradients.pt")
@@ -193,19 +197,30 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
         bar = tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc="entries", unit="entry",
                    disable=not progress)
 
+        running: list[str] = []
+
+        def started(name: str) -> None:
+            running.append(name)
+            bar.set_postfix_str(", ".join(running), refresh=True)
+
         def finished(result) -> None:
             if out_dir is not None:
                 resume.save_outcome(out_dir, result)
+            if result.name in running:
+                running.remove(result.name)
+            bar.set_postfix_str(", ".join(running), refresh=False)
             bar.update()
+            if result.failed and progress:
+                bar.write(f"entry {result.name}: {result.status}: {result.message}", file=sys.stderr)
 
         if isolate:
             memory = entry_memory_mb if entry_memory_mb is not None else isolation.default_memory_mb()
             new = isolation.evaluate_all_isolated(workdir, todo, entry_timeout_s, jobs, on_done=finished,
-                                                  memory_mb=memory)
+                                                  memory_mb=memory, on_start=started)
         else:
             new = []
             for e in todo:
-                bar.set_postfix_str(_name(e))
+                started(_name(e))
                 try:
                     entry = make_entry(e, damping=damping, eps=eps) if isinstance(e, str) else e
                     new.append(evaluate_entry(entry, problem, gt, settings, load_reference, isolated=False))
@@ -219,6 +234,8 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+    _say(f"task rows, {'leave-one-out correlations, ' if loo_gt is not None else ''}paired bootstrap and the "
+         "decomposition chain", progress)
     rows = [row for r in results for row in r.rows]
     rows += [schema.row(schema.SHARED_GRADIENTS, "cost", "gradient_s", gradient_s, False),
              schema.row(schema.SHARED_GRADIENTS, "cost", "gradient_cpu_s", gradient_cpu_s, False)]

@@ -271,12 +271,16 @@ def report(
     """Write the leaderboard (Markdown and a self-contained HTML page with figures) from a results directory."""
     from influence_bench.report import ReportError, write_report
 
+    start = time.perf_counter()
+    err_console.print(f"writing the leaderboard of {escape(str(results_dir))}: tables, paired intervals, claims "
+                      "and figures", highlight=False)
     try:
         written = write_report(results_dir, out, versions or ())
     except ReportError as exc:
         fail(str(exc))
     for kind, path in written.items():
         console.print(f"{kind}: [bold]{path}[/]")
+    console.print(f"{time.perf_counter() - start:.1f} s")
 
 
 def main() -> None:

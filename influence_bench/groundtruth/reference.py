@@ -15,16 +15,17 @@ from influence_bench.training.batched import train_batched
 
 
 def reference_model(
-    spec: TaskSpec, cache_dir: Path | None = None, device: str = "cpu", data: TaskData | None = None
+    spec: TaskSpec, cache_dir: Path | None = None, device: str = "cpu", data: TaskData | None = None,
+    say=lambda message: None,
 ) -> nn.Sequential:
     """The task's reference model (cached, SHA-256 checked), as a float32 ``nn.Sequential``; one process
-    at a time trains it."""
+    at a time trains it. ``say`` receives a status line when it is trained rather than loaded."""
     root = Path(cache_dir or default_cache_dir()) / "models" / spec.key
     with build_lock(root, f"the reference model of {spec.key}"):
-        return _reference_model(spec, root, device, data or spec.data)
+        return _reference_model(spec, root, device, data or spec.data, say)
 
 
-def _reference_model(spec: TaskSpec, root: Path, device: str, data: TaskData) -> nn.Sequential:
+def _reference_model(spec: TaskSpec, root: Path, device: str, data: TaskData, say) -> nn.Sequential:
     store = ArtifactStore(root)
     name = f"reference-{content_key(spec.to_dict(), __version__)}.pt"
     model = spec.make_model()
@@ -35,6 +36,8 @@ def _reference_model(spec: TaskSpec, root: Path, device: str, data: TaskData) ->
             return model.eval()
         except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint is retrained
             store.discard(name, f"cannot be loaded ({exc})")
+    say(f"training the reference model of {spec.key} ({spec.recipe.epochs} epochs on all {data.n_train} "
+        "training points; cached afterwards)")
     everyone = torch.ones(1, data.n_train, dtype=torch.bool)
     model = train_batched(spec, data, everyone, [spec.reference_seed], device=device).model(0, spec).cpu()
 

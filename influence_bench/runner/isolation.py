@@ -227,11 +227,14 @@ def build_reference_isolated(workdir: Path, timeout_s: float) -> tuple[Path, dic
 
 
 def evaluate_all_isolated(workdir: Path, entries: list, timeout_s: float, jobs: int = 1,
-                          on_done=lambda result: None, memory_mb: float | None = None) -> list[EntryResult]:
-    """Every entry in its own process, ``jobs`` at a time (each with cores // jobs threads); in order."""
+                          on_done=lambda result: None, memory_mb: float | None = None,
+                          on_start=lambda name: None) -> list[EntryResult]:
+    """Every entry in its own process, ``jobs`` at a time (each with cores // jobs threads); in order.
+    ``on_start(name)`` and ``on_done(result)`` are called as each starts and finishes."""
     if jobs == 1:
         out = []
         for e in entries:
+            on_start(e if isinstance(e, str) else e.name)
             out.append(evaluate_isolated(workdir, e, timeout_s, memory_mb=memory_mb))
             on_done(out[-1])
         return out
@@ -240,6 +243,7 @@ def evaluate_all_isolated(workdir: Path, entries: list, timeout_s: float, jobs: 
     threads = max(1, (os.cpu_count() or 1) // jobs)
 
     def one(e):
+        on_start(e if isinstance(e, str) else e.name)
         result = evaluate_isolated(workdir, e, timeout_s, threads, memory_mb)
         on_done(result)
         return result
