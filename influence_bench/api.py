@@ -160,6 +160,8 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
         if done:
             _say(f"resuming {out_dir}: {len(done)} of {len(chosen)} entries already finished", progress)
 
+    if isolate:
+        isolation.start_workers()  # the workers' forkserver imports torch and the entries meanwhile
     gt = build_lds_groundtruth(spec, chosen_preset, cache, device=device, progress=progress)
     loo_gt = build_loo_groundtruth(spec, chosen_preset, cache, device=device, progress=progress) if loo else None
     model = reference_model(spec, cache, device=device, say=lambda m: _say(m, progress))

@@ -48,6 +48,8 @@ def alive(pid: int) -> bool:
 
 
 def test_a_killed_run_resumes_with_only_the_unfinished_entries_and_matches_an_uninterrupted_one(env):
+    """Also the determinism check (issue: the same command twice gives bitwise-identical scores and metrics):
+    the killed-and-resumed run and the uninterrupted one are two runs of the same smoke command."""
     root, environment = env
     whole = subprocess.run(command(root / "whole"), env=environment, capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
@@ -76,11 +78,20 @@ def test_a_killed_run_resumes_with_only_the_unfinished_entries_and_matches_an_un
     assert resumed.returncode == 0, resumed.stderr
     assert "1 of 3 entries already finished" in resumed.stderr
     assert (out / ENTRIES_DIR / "identity" / "result.json").stat().st_mtime_ns == kept  # not evaluated again
-    pd.testing.assert_frame_equal(outcomes(out), outcomes(root / "whole"))
+    assert_same_results(out, root / "whole")
+
+
+def assert_same_results(one: Path, other: Path) -> None:
+    """Two runs of one command: bitwise the same scores, metrics, per-point LDS and bootstrap (timings aside)."""
+    pd.testing.assert_frame_equal(outcomes(one), outcomes(other), check_exact=True)
     for entry in ENTRIES.split(","):
         for track in ("fixed", "tuned"):
             name = f"{entry}.{track}.npy"
-            assert np.array_equal(np.load(out / schema.SCORES_DIR / name), np.load(root / "whole" / schema.SCORES_DIR / name))
+            assert np.array_equal(np.load(one / schema.SCORES_DIR / name), np.load(other / schema.SCORES_DIR / name))
+    pd.testing.assert_frame_equal(pd.read_parquet(one / schema.POINTS_FILE), pd.read_parquet(other / schema.POINTS_FILE),
+                                  check_exact=True)
+    with np.load(one / schema.BOOTSTRAP_FILE) as a, np.load(other / schema.BOOTSTRAP_FILE) as b:
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a.files)
 
 
 def test_another_configuration_is_refused_and_fresh_starts_over(env):

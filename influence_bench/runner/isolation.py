@@ -2,9 +2,11 @@
 
 A crash, a NaN or a memory peak stays with its process; peak memory is that process's own. The
 parent writes a job (``job.json``, the shared gradients, the reference model) into a work
-directory; ``python -m influence_bench.runner.isolation WORKDIR --entry NAME`` evaluates one entry
-and writes its ``EntryResult`` to ``WORKDIR/entries/NAME/``; ``--reference`` builds the GGN
-reference into ``WORKDIR/reference.pt``. An entry given as an object (not a registered name) is
+directory; a worker evaluates one entry and writes its ``EntryResult`` to
+``WORKDIR/entries/NAME/`` (``main([WORKDIR, "--entry", NAME])``; ``--reference`` builds the GGN
+reference into ``WORKDIR/reference.pt``). Workers are forked from a forkserver that has imported
+torch and the entries once, so each starts in a fraction of a second; ``python -m
+influence_bench.runner.isolation WORKDIR --entry NAME`` runs the same by hand. An entry given as an object (not a registered name) is
 pickled into its directory first.
 
 Limits. The worker writes ``fit.started`` just before the entry's ``fit``; the time limit counts
@@ -18,13 +20,16 @@ fails inside the entry, which becomes status ``oom``. Every outcome gets its own
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import resource
+import select
 import shutil
 import signal
-import subprocess
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -157,17 +162,54 @@ def instantiate(out: Path, name: str, job: Job) -> Entry:
 THREADS_ENV = "INFLUENCE_BENCH_THREADS"
 
 
-def _command(workdir: Path, args: list[str], threads: int | None) -> tuple[list[str], dict]:
+PRELOAD = ["influence_bench.runner.isolation", "influence_bench.entries", "influence_bench.groundtruth.lds",
+           "influence_bench.groundtruth.loo", "influence_bench.metrics.registry", "influence_bench.metrics.reference",
+           "influence_bench.runner.shared"]
+
+
+def start_workers() -> multiprocessing.context.BaseContext:
+    """The forkserver every worker is forked from: it imports torch, curvlinops and the entries once
+    (``PRELOAD``), so a worker starts in a fraction of a second instead of importing them again.
+    Call early (a run does, before it loads the ground truth): the server starts in the background."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+    return context
+
+
+def _worker(args: list[str], log: str, env: dict, path: list[str], memory_mb: float | None, run_pid: int) -> None:
+    """The body of a worker, forked from the forkserver: the run's environment and import path (the
+    forkserver may be older than them), its output into ``log``, its limits, then ``main``."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path[:] = path
+    _limited(memory_mb)()
+    _die_with_run(run_pid)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # the peak RSS starts afresh (it would be the server's)
+    except OSError:
+        pass
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())  # not its default process lock: a semaphore the worker's os._exit would leak
+    code = main(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _start(args: list[str], log: Path, threads: int | None = None,
+           memory_mb: float | None = None) -> multiprocessing.Process:
     env = dict(os.environ, PYTHONWARNINGS="ignore::DeprecationWarning")
     if threads:
         env.update({THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)})
-    return [sys.executable, "-m", "influence_bench.runner.isolation", str(workdir), *args], env
-
-
-def _run(workdir: Path, args: list[str], timeout_s: float, threads: int | None = None) -> subprocess.CompletedProcess:
-    cmd, env = _command(workdir, args, threads)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
-                          preexec_fn=_die_with_parent)
+    process = start_workers().Process(target=_worker,
+                                      args=(args, str(log), env, list(sys.path), memory_mb, os.getpid()))
+    process.start()
+    return process
 
 
 def _die_with_parent() -> None:
@@ -181,8 +223,38 @@ def _die_with_parent() -> None:
         pass
 
 
+def _die_with_run(pid: int) -> None:
+    """In a worker: SIGKILL itself as soon as the run's process ``pid`` ends (a thread waits on its
+    pidfd). The worker's parent is the forkserver, not the run, and the forkserver lives as long as any
+    worker holds its pipe, so the parent-death signal alone would leave a killed run's workers behind."""
+    try:
+        handle = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3): poll
+        handle = None
+
+    def wait() -> None:
+        if handle is not None:
+            select.select([handle], [], [])
+        else:
+            while _exists(pid):
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=wait, daemon=True, name="die-with-run").start()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _limited(memory_mb: float | None):
-    """What the worker runs before it starts: die with the parent, and the memory limit."""
+    """What a worker runs before its work: die with its parent, and the memory limit."""
     def prepare() -> None:
         _die_with_parent()
         if memory_mb:
@@ -216,12 +288,15 @@ def _tail(text: str, lines: int = 3) -> str:
 def build_reference_isolated(workdir: Path, timeout_s: float) -> tuple[Path, dict[str, float], dict[str, float]]:
     """Build the GGN reference (and the shared dense matrices) in a process of its own: its path, the
     seconds each shared piece took and the Hessian's statistics (raises RuntimeError on failure)."""
-    try:
-        proc = _run(workdir, ["--reference"], timeout_s)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"building the GGN reference timed out after {timeout_s:.0f} s") from None
-    if proc.returncode != 0 or not (workdir / REFERENCE_FILE).exists():
-        raise RuntimeError(f"building the GGN reference failed (exit code {proc.returncode}): {_tail(proc.stderr or proc.stdout or '')}")
+    log = workdir / "reference.log"
+    process = _start([str(workdir), "--reference"], log)
+    process.join(timeout_s)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        raise RuntimeError(f"building the GGN reference timed out after {timeout_s:.0f} s")
+    if process.exitcode != 0 or not (workdir / REFERENCE_FILE).exists():
+        raise RuntimeError(f"building the GGN reference failed ({_ended(process.exitcode)}): {_log_tail(log)}")
     shared = json.loads((workdir / SHARED_TIMES_FILE).read_text())
     return workdir / REFERENCE_FILE, shared["times"], shared["stats"]
 
@@ -265,22 +340,20 @@ def evaluate_isolated(workdir: Path, entry: str | Entry, timeout_s: float, threa
         except Exception as exc:  # noqa: BLE001
             return failed(name, f"the entry object cannot be pickled for its own process ({type(exc).__name__}: "
                                 f"{exc}); register its class in an importable module, or run with isolate=False")
-    cmd, env = _command(workdir, ["--entry", name], threads)
-    with open(out / LOG_FILE, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_limited(memory_mb))
-        stopped = _watch(proc, out, timeout_s)
+    process = _start([str(workdir), "--entry", name], out / LOG_FILE, threads, memory_mb)
+    stopped = _watch(process, out, timeout_s)
     if stopped:
         return failed(name, stopped, status="timeout")
     if (out / "result.json").exists():
         return EntryResult.load(out)
-    return failed(name, f"{_ended(proc.returncode)} without a result: {_log_tail(out / LOG_FILE)}", status="crashed")
+    return failed(name, f"{_ended(process.exitcode)} without a result: {_log_tail(out / LOG_FILE)}",
+                  status="crashed")
 
 
-def _watch(proc: subprocess.Popen, out: Path, timeout_s: float) -> str:
+def _watch(process: multiprocessing.Process, out: Path, timeout_s: float) -> str:
     """Wait for the worker; stop it past its limit. Returns why it was stopped ("" if it ended)."""
     started = time.time()
-    while proc.poll() is None:
+    while process.is_alive():
         marker = out / FIT_STARTED_FILE
         fit_started = _read_time(marker) if marker.exists() else None
         now = time.time()
@@ -289,11 +362,12 @@ def _watch(proc: subprocess.Popen, out: Path, timeout_s: float) -> str:
         elif fit_started is not None and now - fit_started > timeout_s:
             why = f"timed out: still running {timeout_s:g} s after its fit started (raise --entry-timeout)"
         else:
-            time.sleep(POLL_S)
+            process.join(POLL_S)
             continue
-        proc.kill()
-        proc.wait()
+        process.kill()
+        process.join()
         return why
+    process.join()
     return ""
 
 

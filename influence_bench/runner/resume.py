@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def finished_entries(out: Path) -> dict[str, EntryResult]:
         try:
             result = EntryResult.load(directory)
         except (OSError, ValueError, KeyError) as exc:
-            print(f"influence-bench: {directory} cannot be read ({exc}); the entry runs again")
+            print(f"influence-bench: {directory} cannot be read ({exc}); the entry runs again", file=sys.stderr)
             continue
         found[result.name] = result
     return found
