@@ -69,6 +69,9 @@ def check_names(task: str, entries: list[str] | None, plugins: list[str]) -> str
     """The task's name, once the task and every entry name are known to exist: from the torch-free
     catalogue, or, with plugins (which may add tasks and entries), from the registries after importing
     them. Raises UnknownTaskError, UnknownEntryError or ValueError (a plugin that does not import)."""
+    from influence_bench.runner.plugins import plugin_modules
+
+    plugins = plugin_modules(plugins)  # --plugins and $INFLUENCE_BENCH_PLUGINS
     if not plugins:
         name = catalogue.task_name(task)
         canonical = [catalogue.entry_name(entry) for entry in entries or ()]
@@ -213,13 +216,19 @@ def run(
     except (UnknownTaskError, UnknownPresetError, UnknownEntryError, ValueError) as exc:
         fail(str(exc))
     device = check_device(device)
-    from influence_bench.api import run as run_benchmark
-
     at = "" if chosen.alphas == get_preset(preset).alphas else "-alpha" + "-".join(f"{a:g}" for a in chosen.alphas)
     out_dir = out or Path("results") / f"{task_name}-{chosen.name}{at}"
-    start = time.perf_counter()
-    from influence_bench.groundtruth.cache import UnwritableDirectoryError
+    from influence_bench.groundtruth.cache import UnwritableDirectoryError, check_writable
+
+    try:  # here too, before torch is imported: a sentence at once
+        check_writable(cache_dir or default_cache_dir(), "cache directory", "--cache-dir or $INFLUENCE_BENCH_CACHE")
+        check_writable(out_dir.parent, "parent of the results directory", "--out")
+    except UnwritableDirectoryError as exc:
+        fail(str(exc))
+    from influence_bench.api import run as run_benchmark
     from influence_bench.runner.resume import ResultsDirError
+
+    start = time.perf_counter()
 
     try:
         results = run_benchmark(task, names, preset, out=out_dir, isolate=isolate, cache_dir=cache_dir, device=device,

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import subprocess
 import sys
@@ -124,3 +125,16 @@ def test_help_list_and_bad_names_answer_without_importing_torch(args):
     assert "HEAVY: none" in done.stderr, done.stderr
     bad = args[-1] in ("nope", "kfca", "kfac[samples=4]")
     assert done.returncode == (2 if bad else 0) and ("error:" in done.stderr) == bad, done.stderr
+
+
+def test_a_plugin_that_does_not_import_is_one_line_before_any_work(tmp_path):
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('the plugin is broken')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    for module, why in (("broken_plugin", "RuntimeError: the plugin is broken"),
+                        ("no_such_plugin", "ModuleNotFoundError")):
+        done = subprocess.run([sys.executable, "-m", "influence_bench.cli", "run", "--plugins", module, "--out",
+                               str(tmp_path / "never")], capture_output=True, text=True, timeout=120, env=env)
+        message = " ".join(done.stderr.split())
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert f"plugin module '{module}' failed to import: {why}" in message
+        assert not (tmp_path / "never").exists()

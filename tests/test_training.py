@@ -85,3 +85,14 @@ def test_a_new_recipe_field_keeps_the_published_fingerprint(digits):
     assert get_task("digits-mlp-cosine").to_dict()["recipe"]["schedule"] == "cosine"
     # the fingerprint digits-mlp v1 was published with (its cached ground truths are keyed by it)
     assert digits.fingerprint == "3d55c53762196616df97deac5067bf7e91eb3add36da3dcd5581bde8655470ae"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA path is untested here")
+def test_the_batched_engine_on_cuda_follows_the_cpu(digits, digits_data):
+    """CPU/CUDA parity: the same models on both devices, to float32 rounding (GPU kernels sum in another order)."""
+    recipe = short_recipe(digits, epochs=2)
+    members = random_members(3, digits_data.n_train, 500, seed=2)
+    on_cpu = train_batched(digits, digits_data, members, [0, 1, 2], recipe)
+    on_gpu = train_batched(digits, digits_data, members, [0, 1, 2], recipe, device="cuda")
+    for cpu, gpu in zip(on_cpu.weights, on_gpu.weights):
+        assert (cpu - gpu.cpu()).abs().max().item() < 1e-4
