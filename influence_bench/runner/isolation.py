@@ -186,8 +186,9 @@ def _worker(args: list[str], log: str, env: dict, path: list[str], memory_mb: fl
     os.environ.clear()
     os.environ.update(env)
     sys.path[:] = path
-    _limited(memory_mb)()
+    _die_with_parent()
     _die_with_run(run_pid)
+    _limit_memory(memory_mb)
     try:
         Path("/proc/self/clear_refs").write_text("5")  # the peak RSS starts afresh (it would be the server's)
     except OSError:
@@ -213,8 +214,7 @@ def _start(args: list[str], log: Path, threads: int | None = None,
 
 
 def _die_with_parent() -> None:
-    """In the worker, before it starts: SIGKILL it when the run's process dies (Linux), so a killed run
-    leaves no worker behind."""
+    """In a worker: SIGKILL it when its parent, the forkserver, dies (Linux)."""
     try:
         import ctypes
 
@@ -253,14 +253,11 @@ def _exists(pid: int) -> bool:
     return True
 
 
-def _limited(memory_mb: float | None):
-    """What a worker runs before its work: die with its parent, and the memory limit."""
-    def prepare() -> None:
-        _die_with_parent()
-        if memory_mb:
-            limit = int(memory_mb * 2**20)
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    return prepare
+def _limit_memory(memory_mb: float | None) -> None:
+    """In a worker: its data segment (``RLIMIT_DATA``) at ``memory_mb``, so an allocation past it fails."""
+    if memory_mb:
+        limit = int(memory_mb * 2**20)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 def default_memory_mb() -> float:
