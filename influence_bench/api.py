@@ -176,6 +176,12 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     from influence_bench.runner.shared import prepare_shared, shared_needs
 
     needs = shared_needs(get_entry(e) if isinstance(e, str) else type(e) for e in chosen)
+    checkpoints = None
+    if any((get_entry(e) if isinstance(e, str) else type(e)).needs_checkpoints for e in chosen):
+        from influence_bench.groundtruth import reference_checkpoints
+
+        checkpoints = reference_checkpoints(spec, cache, device=device, say=lambda m: _say(m, progress))
+        problem.set_checkpoints(checkpoints.models(spec), checkpoints.learning_rates)
 
     workdir = Path(tempfile.mkdtemp(prefix="influence-bench-"))
     try:
@@ -186,9 +192,12 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
         if isolate:
             torch.save(model.state_dict(), workdir / "model.pt")
             torch.save({"train": train_grads, "test": test_grads}, workdir / "gradients.pt")
+            if checkpoints is not None:
+                checkpoints.save(workdir / "checkpoints.pt")
             isolation.Job(spec.name, chosen_preset.name, str(cache) if cache else None, str(workdir / "model.pt"),
                           str(workdir / "gradients.pt"), damping, eps, problem.dense_limit, list(plugins),
-                          sorted(needs), list(chosen_preset.alphas)).write(workdir)
+                          sorted(needs), list(chosen_preset.alphas),
+                          str(workdir / "checkpoints.pt") if checkpoints is not None else None).write(workdir)
             reference_path, shared_times, hessian_stats = isolation.build_reference_isolated(workdir, entry_timeout_s)
             load_reference = lambda: GGNReference.load(reference_path)  # noqa: E731
         else:

@@ -130,6 +130,21 @@ class InfluenceProblem:
         """[n_test, P]."""
         return exact.per_example_gradients(self.model, self.x_test, self.y_test)
 
+    # -- checkpoints of the training (for the entries that trace it) ----------------------------
+    checkpoints: list[tuple[float, nn.Module]] = []  # (learning rate, model): none unless the harness sets them
+
+    def set_checkpoints(self, models: list[nn.Module], learning_rates: list[float]) -> None:
+        """The reference training's checkpoints, oldest first, each with its epoch's learning rate."""
+        if len(models) != len(learning_rates):
+            raise ValueError(f"{len(models)} checkpoints but {len(learning_rates)} learning rates")
+        copies = []
+        for model in models:
+            model = copy.deepcopy(model).double().eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            copies.append(model)
+        self.checkpoints = list(zip(map(float, learning_rates), copies))
+
     def set_gradients(self, train_grads: torch.Tensor, test_grads: torch.Tensor) -> None:
         """Use gradients computed elsewhere (the harness computes them once per run)."""
         expected = ((self.n_train, self.n_params), (self.n_test, self.n_params))

@@ -99,6 +99,9 @@ class Entry:
     # dense matrices of the problem it reads ("ggn", "hessian"): a run computes them once, shares them
     # between entries and times them separately
     uses: ClassVar[frozenset[str]] = frozenset()
+    # True: it reads the reference training's checkpoints (``problem.checkpoints``), which a run then
+    # provides (``groundtruth.reference_checkpoints``)
+    needs_checkpoints: ClassVar[bool] = False
     # relative accuracy of ``inverse`` against a dense solve of the entry's own curvature that the
     # conformance kit expects (iterative solvers are approximate by design)
     inverse_rtol: ClassVar[float] = 1e-7
@@ -196,6 +199,11 @@ class Entry:
     def curvature_matvec(self, vectors: torch.Tensor) -> torch.Tensor:
         """C v for each row of vectors [k, P] (undamped)."""
         raise MissingCapabilityError(f"entry {self.name!r} declares no curvature operator")
+
+    def undamped_limit(self, vectors: torch.Tensor) -> torch.Tensor:
+        """lim damping * (C + damping I)^-1 v as damping grows: v itself, unless the entry's inverse lives
+        in a subspace (TRAK: R^T R v). The conformance kit checks it."""
+        return vectors.to(torch.float64)
 
     def diagnostics(self) -> dict[str, float]:
         """Numbers about the fit worth reporting (iterations used, ...): name -> value."""

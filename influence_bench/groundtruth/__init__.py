@@ -11,7 +11,7 @@ _WHERE = {
     "LDSGroundTruth": "lds", "build_lds_groundtruth": "lds", "draw_masks": "lds", "groundtruth_dir": "lds",
     "LOOGroundTruth": "loo", "build_loo_groundtruth": "loo", "draw_loo_points": "loo", "loo_dir": "loo",
     "PRESETS": "presets", "Preset": "presets", "UnknownPresetError": "presets", "get_preset": "presets",
-    "reference_model": "reference",
+    "reference_model": "reference", "reference_checkpoints": "reference", "Checkpoints": "reference",
 }
 __all__ = sorted(_WHERE)
 

@@ -65,6 +65,7 @@ class Job:
     plugins: list[str]
     shared: list[str]  # dense matrices some entry reads ("ggn", "hessian"): computed once, in the reference process
     alphas: list[float] | None = None  # a subset of the preset's alphas (None: all of them)
+    checkpoints: str | None = None  # the reference training's checkpoints (groundtruth.Checkpoints), if read
 
     def write(self, workdir: Path) -> None:
         (workdir / "job.json").write_text(json.dumps(self.__dict__))
@@ -92,6 +93,11 @@ def load_problem(job: Job):
     problem = InfluenceProblem(model, spec.data, name=spec.key, dense_limit=job.dense_limit)
     grads = torch.load(job.gradients, weights_only=True)
     problem.set_gradients(grads["train"], grads["test"])
+    if job.checkpoints:
+        from influence_bench.groundtruth.reference import Checkpoints
+
+        kept = Checkpoints.load(job.checkpoints)
+        problem.set_checkpoints(kept.models(spec), kept.learning_rates)
     preset = get_preset(job.preset).with_alphas(tuple(job.alphas) if job.alphas else None)
     gt = build_lds_groundtruth(spec, preset, Path(job.cache_dir) if job.cache_dir else None, progress=False)
     return problem, gt

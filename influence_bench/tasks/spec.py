@@ -104,6 +104,15 @@ class TaskSpec:
     reference_seed: int = 42
     mask_seed: int = 2025
     measurement: str = "per-test-point cross-entropy loss"
+    # checkpoints of the reference training kept for the entries that trace training (TracIn, the TRAK
+    # ensemble), evenly spaced in epochs, the last the reference model itself. Not in the fingerprint:
+    # they change no trained model, and have a cache file of their own.
+    checkpoints: int = field(default=5, compare=False)
+
+    def checkpoint_epochs(self) -> list[int]:
+        """The epochs after which a checkpoint is kept: ``round(E k / C)`` for k = 1..C."""
+        epochs, count = self.recipe.epochs, min(self.checkpoints, self.recipe.epochs)
+        return sorted({round(epochs * k / count) for k in range(1, count + 1)})
 
     # -- data -------------------------------------------------------------------------------
     def split_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -130,12 +130,14 @@ def train_batched(
     recipe: TrainingRecipe | None = None,
     device: str | torch.device = "cpu",
     on_epoch: Callable[[float], None] | None = None,
+    at_epoch_end: Callable[[int, float, StackedMLP], None] | None = None,
 ) -> StackedMLP:
     """Train ``len(seeds)`` models; members: [B, n_train] bool with the same count in every row.
 
     SGD with momentum as ``torch.optim.SGD`` does it (buffer = momentum * buffer + grad, starting
     from the first gradient; p -= lr * buffer). ``on_epoch(models)`` is called after every epoch
-    with the share of the batch done, in models, for progress bars.
+    with the share of the batch done, in models, for progress bars; ``at_epoch_end(epoch, lr, stack)``
+    after every epoch (1-based) with the rate it used, to keep checkpoints.
     """
     recipe = recipe or spec.recipe
     members = torch.as_tensor(members, dtype=torch.bool).cpu()
@@ -153,7 +155,7 @@ def train_batched(
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
 
-    for lr in recipe.learning_rates():
+    for epoch, lr in enumerate(recipe.learning_rates(), start=1):
         orders = torch.stack([epoch_order(g, m) for g, m in zip(generators, members)]).to(device)
         for k in range(steps):
             idx = orders[:, k * bs : (k + 1) * bs]  # [B, bs]
@@ -165,4 +167,6 @@ def train_batched(
             torch._foreach_add_(params, buffers, alpha=-lr)
         if on_epoch is not None:
             on_epoch(n_models / recipe.epochs)
+        if at_epoch_end is not None:
+            at_epoch_end(epoch, lr, stack)
     return stack
