@@ -28,6 +28,7 @@ def problem(tiny_problem):
     diagonal or layer blocks that another module's test had computed alone, equal to the GGN's only to rounding.)"""
     p = tiny_problem
     fresh = InfluenceProblem(p.model, TaskData(p.x_train, p.y_train, p.x_test, p.y_test), name=p.name)
+    fresh.checkpoints = p.checkpoints
     _ = fresh.ggn, fresh.ggn_eigen, fresh.hessian
     return fresh
 

@@ -1,10 +1,10 @@
-"""``ekfac-kronfluence``: EK-FAC as kronfluence computes it (Grosse et al. 2023, "Studying Large Language
-Model Generalization with Influence Functions"; kronfluence, https://github.com/pomonam/kronfluence).
+"""``ekfac-kronfluence``: kronfluence's EK-FAC (Grosse et al. 2023, "Studying Large Language Model Generalization with Influence Functions"), read back as the suite's Kronecker eigen form.
 
-An independent implementation beside the suite's own ``ekfac`` (curvlinops): kronfluence fits its
-factors (activation and pseudo-gradient covariances, their eigendecompositions, and the corrected
-eigenvalues ``lambda_matrix``) on the training set, and this entry reads them back as the suite's
-Kronecker eigen form, so inverse, curvature operator, metrics and spectra all go through ``EigenEntry``.
+An independent implementation (kronfluence, https://github.com/pomonam/kronfluence) beside the suite's
+own ``ekfac`` (curvlinops): kronfluence fits its factors (activation and pseudo-gradient covariances,
+their eigendecompositions, and the corrected eigenvalues ``lambda_matrix``) on the training set, and
+this entry reads them back as ``KroneckerEigenBlock``s, so inverse, curvature operator, metrics and
+spectra all go through ``EigenEntry``.
 
 kronfluence's conventions, and how they map to the suite's:
 
@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from influence_bench.curvature.eigen import EigenCurvature, KroneckerEigenBlock
+from influence_bench.curvature.exact import layer_slices
 from influence_bench.entries.base import EigenEntry, register
 
 INSTALL_HINT = "needs the kronfluence extra: pip install -e '.[kronfluence]'"
@@ -136,7 +137,6 @@ def fit_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str,
 def eigen_from_factors(model: nn.Module, factors: dict) -> EigenCurvature:
     """The suite's eigen form from kronfluence's EK-FAC factors: one ``KroneckerEigenBlock`` per
     ``nn.Linear`` (weight and bias joint), eigenvalues ``lambda_matrix / num_lambda_processed``."""
-    from influence_bench.curvature.exact import layer_slices
     from kronfluence.utils.constants import (
         ACTIVATION_EIGENVECTORS_NAME,
         GRADIENT_EIGENVECTORS_NAME,
