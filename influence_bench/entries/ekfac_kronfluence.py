@@ -32,7 +32,7 @@ import gc
 import logging
 import tempfile
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

@@ -170,7 +170,7 @@ THREADS_ENV = "INFLUENCE_BENCH_THREADS"
 
 PRELOAD = ["influence_bench.runner.isolation", "influence_bench.entries", "influence_bench.groundtruth.lds",
            "influence_bench.groundtruth.loo", "influence_bench.metrics.registry", "influence_bench.metrics.reference",
-           "influence_bench.runner.shared"]
+           "influence_bench.runner.shared", "kronfluence"]  # kronfluence: the extra, where installed
 
 
 def start_workers() -> multiprocessing.context.BaseContext:
