@@ -18,8 +18,10 @@ def _note(ctx: MetricContext) -> str:
 
 
 @register_metric("ihvp_err", "inverse", False,
-                 "median_j ||(C+lam)^-1 g_j - (G+lam)^-1 g_j|| / ||(G+lam)^-1 g_j||", needs=("curvature",))
+                 "median_j ||(C+lam)^-1 g_j - (G+lam)^-1 g_j|| / ||(G+lam)^-1 g_j||")
 def ihvp_err(ctx: MetricContext) -> Measured:
+    """Needs an inverse, not a declared curvature: TRAK's, DataInf's and the identity's inverses are
+    compared with the GGN's too."""
     if ctx.ihvp is None:
         return not_applicable("the entry computes scores of its own, not inverse products")
     exact = ctx.reference.ihvp
