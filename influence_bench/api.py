@@ -175,9 +175,10 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     from influence_bench.entries import get_entry, make_entry
     from influence_bench.runner.shared import prepare_shared, shared_needs
 
-    needs = shared_needs(get_entry(e) if isinstance(e, str) else type(e) for e in chosen)
+    classes = [get_entry(e) if isinstance(e, str) else type(e) for e in chosen]
+    needs = shared_needs(classes)
     checkpoints = None
-    if any((get_entry(e) if isinstance(e, str) else type(e)).needs_checkpoints for e in chosen):
+    if any(cls.needs_checkpoints for cls in classes):
         from influence_bench.groundtruth import reference_checkpoints
 
         checkpoints = reference_checkpoints(spec, cache, device=device, say=lambda m: _say(m, progress))

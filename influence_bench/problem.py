@@ -53,6 +53,7 @@ class InfluenceProblem:
         self.y_train = data.y_train
         self.x_test = data.x_test.double()
         self.y_test = data.y_test
+        self.checkpoints: list[tuple[float, nn.Module]] = []  # (learning rate, model): set by the harness
 
     @property
     def n_params(self) -> int:
@@ -131,8 +132,6 @@ class InfluenceProblem:
         return exact.per_example_gradients(self.model, self.x_test, self.y_test)
 
     # -- checkpoints of the training (for the entries that trace it) ----------------------------
-    checkpoints: list[tuple[float, nn.Module]] = []  # (learning rate, model): none unless the harness sets them
-
     def set_checkpoints(self, models: list[nn.Module], learning_rates: list[float]) -> None:
         """The reference training's checkpoints, oldest first, each with its epoch's learning rate."""
         if len(models) != len(learning_rates):

@@ -189,7 +189,10 @@ class Entry:
         raise NotImplementedError
 
     def inverse(self, vectors: torch.Tensor, damping: float | None = None) -> torch.Tensor:
-        """(C + damping I)^-1 v for each row of vectors [k, P]: [k, P] float64."""
+        """(C + damping I)^-1 v for each row of vectors [k, P]: [k, P] float64. An entry with scores of
+        its own (capability ``scores``) may have none: it raises MissingCapabilityError."""
+        if self.has("scores"):
+            raise MissingCapabilityError(f"entry {self.name!r} computes its own scores; it has no inverse")
         raise NotImplementedError
 
     # -- optional capabilities ----------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from influence_bench.entries.base import Entry, MissingCapabilityError, register
+from influence_bench.entries.base import Entry, register
 
 
 def unit_rows(grads: torch.Tensor) -> torch.Tensor:
@@ -27,9 +27,6 @@ class GradientCosine(Entry):
     def fit(self, problem):
         self.train_units_ = unit_rows(problem.train_grads)
         return self
-
-    def inverse(self, vectors, damping=None):
-        raise MissingCapabilityError(f"entry {self.name!r} computes its own scores; it has no inverse")
 
     def scores(self, problem, damping=None, queries=None):
         self._check_fitted()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from influence_bench.curvature import exact
-from influence_bench.entries.base import Entry, MissingCapabilityError, register
+from influence_bench.entries.base import Entry, register
 
 
 @register
@@ -44,9 +44,6 @@ class TracIn(Entry):
         self.scores_ = total
         self.n_checkpoints_ = len(chosen)
         return self
-
-    def inverse(self, vectors, damping=None):
-        raise MissingCapabilityError(f"entry {self.name!r} computes its own scores; it has no inverse")
 
     def scores(self, problem, damping=None, queries=None):
         self._check_fitted()

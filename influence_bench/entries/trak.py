@@ -79,10 +79,8 @@ class TRAK(Entry):
     def inverse(self, vectors, damping=None):
         """R^T (R G R^T + damping I)^-1 R v for each row (the reference model's GGN)."""
         self._check_fitted()
-        if self.params["checkpoints"] == "all":
-            from influence_bench.entries.base import MissingCapabilityError
-
-            raise MissingCapabilityError(f"entry {self.name!r} averages scores over checkpoints; it has no inverse")
+        if self.has("scores"):  # checkpoints=all: an average over models has no single inverse
+            return super().inverse(vectors, damping)
         features = vectors.to(torch.float64) @ self.projection_.T
         return self.models_[0].solve(features, self._damping(damping)) @ self.projection_
 
