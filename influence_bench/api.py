@@ -70,26 +70,53 @@ class RunResults:
 def default_entries() -> list[str]:
     """Every registered entry at its default point, then the points the paper's study compares: the
     MC-Fisher rungs beside K-FAC and EK-FAC (PROTOCOL.md section 6) and the authors' configuration
-    (section 10)."""
+    (section 10); then every entry a plugin declared but that failed to load (a failure row each)."""
     from influence_bench.entries import ENTRIES
     from influence_bench.metrics.decomposition import AUTHORS_ENTRIES
+    from influence_bench.plugins import entry_failures
 
     study = ("ekfac[fisher=mc]", "kfac[fisher=mc]", *AUTHORS_ENTRIES)
-    return list(dict.fromkeys([*ENTRIES, *study]))
+    return list(dict.fromkeys([*ENTRIES, *study, *entry_failures()]))
+
+
+def unavailable(name: str) -> str | None:
+    """Why the named entry cannot be built because a plugin failed to import (the message carries the
+    traceback), or None. ``plugin:MODULE`` names a plugin module that failed to import."""
+    from influence_bench.naming import parse_point
+    from influence_bench.plugins import entry_failures
+
+    failed = entry_failures()
+    if name in failed:
+        return failed[name]
+    base = parse_point(name)[0]
+    if base in failed:
+        return failed[base]
+    from influence_bench.entries import ENTRIES
+
+    modules = [k.removeprefix("plugin:") for k in failed if k.startswith("plugin:")]
+    if base not in ENTRIES and modules:
+        return (f"entry {base!r} is not registered; the plugin module(s) {', '.join(modules)} failed to import and "
+                "may be the one that provides it (see the row plugin:MODULE for the traceback)")
+    return None
 
 
 def resolve_entries(entries: Sequence[str | Entry] | None, damping: float, eps: float) -> list[str | Entry]:
     """Registered names stay names (each process builds its own), in canonical form
     (``kfac[separate=true,fisher=mc]`` -> ``kfac[fisher=mc,separate=true]``); unknown names, parameters
-    or values fail before any work."""
+    or values fail before any work. A name whose plugin failed to import stays as given (``unavailable``
+    says why: the run gives it a failure row), and every plugin module that failed to import is added
+    as ``plugin:MODULE``, so that a broken plugin is a row of the results, never a crash of the run."""
     from influence_bench.entries import make_entry
+    from influence_bench.plugins import entry_failures
 
     chosen = list(entries) if entries else default_entries()
     for i, e in enumerate(chosen):
         if isinstance(e, str):
-            chosen[i] = make_entry(e, damping, eps).name  # raises UnknownEntryError saying what is valid
+            if unavailable(e) is None:
+                chosen[i] = make_entry(e, damping, eps).name  # raises UnknownEntryError saying what is valid
         elif not isinstance(e, Entry):
             raise TypeError(f"entries must be registered names or Entry objects, not {type(e).__name__}")
+    chosen += [k for k in entry_failures() if k.startswith("plugin:") and k not in chosen]
     names = [e if isinstance(e, str) else e.name for e in chosen]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -130,17 +157,18 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     from influence_bench.metrics.reference import GGNReference
     from influence_bench.problem import InfluenceProblem
     from influence_bench.runner import comparison, isolation, resume, task_rows
-    from influence_bench.runner.evaluation import EvalSettings, evaluate_entry, failed_with, peak_rss_mb
+    from influence_bench.runner.evaluation import EvalSettings, evaluate_entry, failed, failed_with, peak_rss_mb
     from influence_bench.runner.persistence import write_results_dir
-    from influence_bench.runner.plugins import load_plugins
+    from influence_bench.plugins import load_plugins
     from influence_bench.runner.provenance import provenance
     from influence_bench.tasks import get_task
 
-    load_plugins(list(plugins))
+    located_plugins = load_plugins(list(plugins))  # a plugin that is nowhere raises PluginError here
     if jobs < 1 or (jobs > 1 and not isolate):
         raise ValueError(f"jobs={jobs}: use jobs >= 1, and jobs > 1 only with isolate=True")
     spec, chosen_preset = get_task(task), get_preset(preset).with_alphas(tuple(alphas) if alphas else None)
     chosen = resolve_entries(entries, damping, eps)
+    not_loaded = {e: why for e in chosen if isinstance(e, str) and (why := unavailable(e)) is not None}
     cache = Path(cache_dir) if cache_dir else None
     out_dir = Path(out) if out is not None else None
     from influence_bench.groundtruth.cache import check_writable, default_cache_dir
@@ -175,7 +203,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     from influence_bench.entries import get_entry, make_entry
     from influence_bench.runner.shared import prepare_shared, shared_needs
 
-    classes = [get_entry(e) if isinstance(e, str) else type(e) for e in chosen]
+    classes = [get_entry(e) if isinstance(e, str) else type(e) for e in chosen if e not in not_loaded]
     needs = shared_needs(classes)
     checkpoints = None
     if any(cls.needs_checkpoints for cls in classes):
@@ -196,7 +224,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
             if checkpoints is not None:
                 checkpoints.save(workdir / "checkpoints.pt")
             isolation.Job(spec.name, chosen_preset.name, str(cache) if cache else None, str(workdir / "model.pt"),
-                          str(workdir / "gradients.pt"), damping, eps, problem.dense_limit, list(plugins),
+                          str(workdir / "gradients.pt"), damping, eps, problem.dense_limit, located_plugins,
                           sorted(needs), list(chosen_preset.alphas),
                           str(workdir / "checkpoints.pt") if checkpoints is not None else None).write(workdir)
             reference_path, shared_times, hessian_stats = isolation.build_reference_isolated(workdir, entry_timeout_s)
@@ -205,9 +233,9 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
             reference, shared_times, hessian_stats = prepare_shared(problem, damping, eps, needs)
             load_reference = lambda: reference  # noqa: E731
 
-        todo = [e for e in chosen if _name(e) not in done]
-        bar = tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc="entries", unit="entry",
-                   disable=not progress)
+        todo = [e for e in chosen if _name(e) not in done and e not in not_loaded]
+        bar = tqdm(total=len(chosen), initial=sum(_name(e) in done for e in chosen), desc="entries",
+                   unit="entry", disable=not progress)
 
         running: list[str] = []
 
@@ -225,12 +253,16 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
             if result.failed and progress:
                 bar.write(f"entry {result.name}: {result.status}: {result.message}", file=sys.stderr)
 
+        new = []
+        for name, why in not_loaded.items():  # a plugin that failed to import: its row, with the traceback
+            if name not in done:
+                new.append(failed(name, why))
+                finished(new[-1])
         if isolate:
             memory = entry_memory_mb if entry_memory_mb is not None else isolation.default_memory_mb()
-            new = isolation.evaluate_all_isolated(workdir, todo, entry_timeout_s, jobs, on_done=finished,
+            new += isolation.evaluate_all_isolated(workdir, todo, entry_timeout_s, jobs, on_done=finished,
                                                   memory_mb=memory, on_start=started)
         else:
-            new = []
             for e in todo:
                 started(_name(e))
                 try:
@@ -256,7 +288,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     if loo_gt is not None:
         rows += [row for r in results for row in task_rows.entry_loo_rows(r, loo_gt)]
     table = pd.DataFrame(rows, columns=list(schema.ROW_COLUMNS))
-    points = {e: make_entry(e).params for e in chosen if isinstance(e, str)}
+    points = {e: make_entry(e).params for e in chosen if isinstance(e, str) and e not in not_loaded}
     points.update({e.name: getattr(e, "params", {}) for e in chosen if not isinstance(e, str)})
     table = schema.with_parameter_columns(table, points)
     meta = {"task": spec.name, "task_version": spec.version, "task_fingerprint": spec.fingerprint[:16],

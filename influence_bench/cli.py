@@ -20,7 +20,14 @@ from rich.table import Table
 from influence_bench import catalogue
 from influence_bench.groundtruth.cache import CACHE_ENV, default_cache_dir
 from influence_bench.groundtruth.presets import PRESETS, UnknownPresetError, get_preset
-from influence_bench.naming import UnknownEntryError, UnknownTaskError, split_names
+from influence_bench.naming import (
+    UnknownEntryError,
+    UnknownTaskError,
+    parse_point,
+    split_names,
+    unknown_entry,
+    unknown_task,
+)
 
 DEFAULT_TASK = "digits-mlp"
 
@@ -49,6 +56,10 @@ def parse_alphas(text: Optional[str]) -> tuple[float, ...] | None:
         fail(f"--alphas {text!r}: give numbers separated by commas, e.g. 0.5 or 0.3,0.9")
 
 
+def _plugin_list(plugins: Optional[str]) -> list[str]:
+    return [p.strip() for p in plugins.split(",") if p.strip()] if plugins else []
+
+
 def fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
@@ -66,48 +77,110 @@ def check_device(device: str) -> str:
 
 
 def check_names(task: str, entries: list[str] | None, plugins: list[str]) -> str:
-    """The task's name, once the task and every entry name are known to exist: from the torch-free
-    catalogue, or, with plugins (which may add tasks and entries), from the registries after importing
-    them. Raises UnknownTaskError, UnknownEntryError or ValueError (a plugin that does not import)."""
-    from influence_bench.runner.plugins import plugin_modules
+    """The task's name, once the task and every entry name are known to exist: the built-ins from the
+    torch-free catalogue and the entry points of other installed packages from their metadata (nothing
+    imported; their parameter points are checked when the run builds them), or, with ``--plugins``
+    modules (which may add tasks and entries), from the registries after importing them. Raises
+    UnknownTaskError, UnknownEntryError, ValueError, or PluginError (a plugin that is nowhere)."""
+    from influence_bench.plugins import ENTRY_GROUP, TASK_GROUP, outside_names, plugin_modules
 
     plugins = plugin_modules(plugins)  # --plugins and $INFLUENCE_BENCH_PLUGINS
     if not plugins:
-        name = catalogue.task_name(task)
-        canonical = [catalogue.entry_name(entry) for entry in entries or ()]
+        outside_tasks, outside_entries = outside_names(TASK_GROUP), outside_names(ENTRY_GROUP)
+        try:
+            name = task if task in outside_tasks else catalogue.task_name(task)
+        except UnknownTaskError:
+            raise unknown_task(task, sorted([t["name"] for t in catalogue.load()["tasks"]] + outside_tasks)) from None
+        canonical = []
+        for entry in entries or ():
+            if parse_point(entry)[0] in outside_entries:
+                canonical.append(entry)
+                continue
+            try:
+                canonical.append(catalogue.entry_name(entry))
+            except UnknownEntryError as exc:
+                if str(exc).startswith("unknown entry") and outside_entries:
+                    valid = [e["name"] for e in catalogue.load()["entries"]] + outside_entries
+                    raise unknown_entry(parse_point(entry)[0], valid) from None
+                raise
         twice = sorted({n for n in canonical if canonical.count(n) > 1})
         if twice:
             raise ValueError(f"entries named more than once: {', '.join(twice)}")
         return name
     from influence_bench.api import resolve_entries
-    from influence_bench.runner.plugins import PluginError, load_plugins
+    from influence_bench.plugins import load_plugins
     from influence_bench.tasks import get_task
 
-    try:
-        load_plugins(plugins)
-    except PluginError as exc:
-        raise ValueError(str(exc)) from None
+    load_plugins(plugins)  # one that raises while importing is a failure row of the run, not an error here
     name = get_task(task).name
     resolve_entries(entries, 1e-4, 1e-6)
     return name
 
 
-def _items() -> dict[str, list[dict]]:
+def _items(plugins: list[str] | None = None) -> dict[str, list[dict]]:
+    """The tasks, entries and presets to list: the built-ins from the catalogue; the entry points of
+    other installed packages and ``plugins`` modules imported (only when there are any)."""
+    from influence_bench.plugins import ENTRY_GROUP, TASK_GROUP, outside_names, plugin_modules
+
     known = catalogue.load()
     tasks = [{k: t[k] for k in ("name", "version", "key", "n_params", "description")} for t in known["tasks"]]
     entries = [{"name": e["name"], "description": e["description"], "capabilities": ",".join(e["capabilities"]) or "-",
                 "parameters": "; ".join(f"{k}={'|'.join(str(v).lower() for v in values)}"
                                         for k, values in e["parameters"].items()) or "-"}
                for e in known["entries"]]
+    if outside_names(ENTRY_GROUP) or outside_names(TASK_GROUP) or plugin_modules(plugins):
+        tasks, entries = _with_plugins(tasks, entries, plugins)
     presets = [{"name": p.name, "n_masks": p.n_masks, "n_seeds": p.n_seeds, "n_trainings": p.n_trainings,
                 "description": p.description} for p in PRESETS.values()]
     return {"tasks": tasks, "entries": entries, "presets": presets}
 
 
+def _with_plugins(tasks: list[dict], entries: list[dict], plugins: list[str] | None) -> tuple[list[dict], list[dict]]:
+    """The listed tasks and entries with those of plugins (imported here), each with where it comes from;
+    one that failed to load is listed with the first line of why."""
+    from influence_bench.entries import ENTRIES, ORIGINS
+    from influence_bench.plugins import LOAD_FAILURES, TASK_GROUP, entry_failures, load_plugins
+    from influence_bench.tasks import TASK_ORIGINS, TASKS
+
+    load_plugins(plugins)
+    listed = {e["name"] for e in entries}
+    for name, cls in ENTRIES.items():
+        if name not in listed:
+            entries.append({"name": name, "description": cls.description,
+                            "capabilities": ",".join(sorted(cls.capabilities)) or "-",
+                            "parameters": "; ".join(f"{k}={'|'.join(str(v).lower() for v in values)}"
+                                                    for k, values in cls.parameters.items()) or "-",
+                            "origin": ORIGINS.get(name, cls.__module__)})
+    for name, why in entry_failures().items():
+        entries.append({"name": name, "description": f"FAILED TO LOAD: {why.splitlines()[-1]}", "capabilities": "-",
+                        "parameters": "-", "origin": why.splitlines()[0]})
+    listed = {t["name"] for t in tasks}
+    for name, spec in TASKS.items():
+        if name not in listed:
+            tasks.append({"name": name, "version": spec.version, "key": spec.key, "n_params": spec.n_params,
+                          "description": spec.description, "origin": TASK_ORIGINS.get(name, "?")})
+    for name, why in LOAD_FAILURES[TASK_GROUP].items():
+        tasks.append({"name": name, "version": "-", "key": "-", "n_params": "-",
+                      "description": f"FAILED TO LOAD: {why.splitlines()[-1]}", "origin": why.splitlines()[0]})
+    for rows in (tasks, entries):
+        for row in rows:
+            row.setdefault("origin", "influence_bench")
+    return tasks, entries
+
+
+PluginsOption = typer.Option(None, "--plugins", help="Comma-separated modules (importable, in the current "
+                             "directory, or paths to .py files) that register extra entries or tasks; installed "
+                             "packages are found through their entry points without it.")
+
+
 @app.command("list")
-def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON: {\"tasks\": [...], \"entries\": [...]}.")):
-    """List the tasks, the registered entries and the ground-truth presets."""
-    items = _items()
+def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON: {\"tasks\": [...], \"entries\": [...]}."),
+          plugins: Optional[str] = PluginsOption):
+    """List the tasks, the registered entries (with those of installed packages) and the ground-truth presets."""
+    try:
+        items = _items(_plugin_list(plugins))
+    except ImportError as exc:  # PluginError: a plugin that is nowhere, two entries of one name
+        fail(str(exc))
     if as_json:
         typer.echo(json.dumps(items, indent=2))
         return
@@ -193,7 +266,7 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="Results directory (default: results/TASK-PRESET)."),
     cache_dir: Optional[Path] = CacheOption,
     device: str = DeviceOption,
-    plugins: Optional[str] = typer.Option(None, "--plugins", help="Comma-separated modules that register extra entries or tasks."),
+    plugins: Optional[str] = PluginsOption,
     damping: float = typer.Option(1e-4, "--damping", help="Damping of the fixed track (the paper's 1e-4)."),
     dense_limit: Optional[int] = typer.Option(None, "--dense-limit", help="Largest parameter count for dense [P, P] matrices (default: $INFLUENCE_BENCH_DENSE_LIMIT or 10,000); above it, operators and estimates."),
     isolate: bool = typer.Option(True, "--isolate/--in-process", help="Each entry in a process of its own (default), or all in this one."),
@@ -206,14 +279,14 @@ def run(
                                "of the same configuration resumes it, and another configuration is refused)."),
 ):
     """Run entries against a task's ground truth (built first if missing) and write a results directory."""
-    plugin_list = [p.strip() for p in plugins.split(",") if p.strip()] if plugins else []
+    plugin_list = _plugin_list(plugins)
     names = split_names(entries) if entries else None
     try:
         task_name = check_names(task, names, plugin_list)
         chosen = get_preset(preset).with_alphas(parse_alphas(alphas))
         if jobs < 1 or (jobs > 1 and not isolate):
             raise ValueError(f"--jobs {jobs}: use --jobs >= 1, and more than 1 only with --isolate")
-    except (UnknownTaskError, UnknownPresetError, UnknownEntryError, ValueError) as exc:
+    except (UnknownTaskError, UnknownPresetError, UnknownEntryError, ValueError, ImportError) as exc:
         fail(str(exc))
     device = check_device(device)
     at = "" if chosen.alphas == get_preset(preset).alphas else "-alpha" + "-".join(f"{a:g}" for a in chosen.alphas)
@@ -234,7 +307,7 @@ def run(
         results = run_benchmark(task, names, preset, out=out_dir, isolate=isolate, cache_dir=cache_dir, device=device,
                                 plugins=plugin_list, damping=damping, dense_limit=dense_limit,
                                 entry_timeout_s=entry_timeout, entry_memory_mb=entry_memory, jobs=jobs, alphas=chosen.alphas, loo=loo, fresh=fresh)
-    except (ResultsDirError, UnwritableDirectoryError) as exc:
+    except (ResultsDirError, UnwritableDirectoryError, UnknownEntryError, UnknownTaskError, ImportError) as exc:
         fail(str(exc))
     print_lds_tables(results.table, damping)
     console.print(f"{time.perf_counter() - start:.0f} s; peak memory of this process "

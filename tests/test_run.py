@@ -55,7 +55,7 @@ def tiny_run(plugin_env):
     root = plugin_env
     # two entry processes at a time: most of an entry's time here is its process importing torch
     result = CliRunner().invoke(app, ["run", "--task", "digits-tiny", "--preset", "smoke", "--plugins",
-                                      "bench_plugins", "--entries", ",".join(CHAIN + list(MISBEHAVING) + ["test-slow-start"]),
+                                      "bench_plugins,broken_plugin", "--entries", ",".join(CHAIN + list(MISBEHAVING) + ["test-slow-start"]),
                                       "--jobs", "2", "--entry-timeout", str(ENTRY_TIMEOUT_S), "--entry-memory", "3000",
                                       "--out", str(root / "out")])
     return result, root / "out", root / "cache"
@@ -69,7 +69,9 @@ def test_failures_are_rows_and_the_others_finish(tiny_run):
     assert "deliberate failure in fit" in result.stderr
     table = pd.read_parquet(out / schema.RESULTS_FILE)
     failed = table[table.status.isin(schema.FAILURE_STATUSES)].set_index("entry")
-    assert failed.status.to_dict() == MISBEHAVING
+    assert failed.status.to_dict() == {**MISBEHAVING, "plugin:broken_plugin": "error"}
+    broken = failed.message["plugin:broken_plugin"]  # a plugin that fails to import: a row, with its traceback
+    assert "Traceback" in broken and "RuntimeError: this plugin is deliberately broken" in broken
     message = failed.message
     assert "NaN" in message["test-nan-scores"] and "shape" in message["test-wrong-shape"]
     assert message["test-bad-curvature"].startswith("metrics failed")

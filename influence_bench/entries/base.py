@@ -42,10 +42,11 @@ from influence_bench.naming import (
 )
 from influence_bench.problem import InfluenceProblem
 
-__all__ = ["ENTRIES", "CAPABILITIES", "UnknownEntryError", "parse_point", "split_names", "register", "unregister",
-           "get_entry", "make_entry", "Entry", "EigenEntry", "DenseEntry", "NotFittedError", "MissingCapabilityError"]
+__all__ = ["ENTRIES", "ORIGINS", "CAPABILITIES", "UnknownEntryError", "parse_point", "split_names", "register", "unregister",
+           "get_entry", "make_entry", "Entry", "EntryLoadError", "EigenEntry", "DenseEntry", "NotFittedError", "MissingCapabilityError"]
 
 ENTRIES: dict[str, type["Entry"]] = {}
+ORIGINS: dict[str, str] = {}  # entry name -> where it was registered from (entry point or module)
 CAPABILITIES = frozenset({"eigen", "operator", "scores"})
 SCORE_CHUNK = 64  # test queries whose inverse products are held at once
 
@@ -54,19 +55,36 @@ class NotFittedError(RuntimeError):
     pass
 
 
+class EntryLoadError(RuntimeError):
+    """An entry whose module (an entry point of an installed package) failed to import: the message
+    carries the traceback. A run turns it into a failure row and goes on with the others."""
+
+
 class MissingCapabilityError(TypeError):
     """An optional capability was used on an entry that does not declare it."""
 
 
-def register(cls: type["Entry"]) -> type["Entry"]:
-    """Class decorator: add an entry to the registry under ``cls.name``."""
-    if cls.name in ENTRIES:
-        raise ValueError(f"an entry named {cls.name!r} is already registered ({ENTRIES[cls.name].__module__})")
+def register(cls: type["Entry"], origin: str | None = None) -> type["Entry"]:
+    """Class decorator: add an entry to the registry under ``cls.name``. ``origin`` says where it comes
+    from (an entry point of an installed package, or the class's module): a second entry of the same
+    name is an error naming both origins."""
+    if not (isinstance(cls, type) and issubclass(cls, Entry)):
+        raise TypeError(f"{cls!r} is not an Entry subclass: an entry is a class deriving from "
+                        "influence_bench.entries.Entry (or EigenEntry)")
+    origin = origin or f"{cls.__module__}:{cls.__qualname__}"
+    existing = ENTRIES.get(cls.name)
+    if existing is cls:
+        ORIGINS[cls.name] = origin if "entry point" in origin else ORIGINS.get(cls.name, origin)
+        return cls
+    if existing is not None:
+        raise ValueError(f"two entries are named {cls.name!r}: {ORIGINS.get(cls.name, existing.__module__)} and "
+                         f"{origin}; rename one of them (or uninstall one package)")
     unknown = set(cls.capabilities) - CAPABILITIES
     if unknown:
         raise ValueError(f"entry {cls.name!r} declares unknown capabilities {sorted(unknown)}; "
                          f"known: {sorted(CAPABILITIES)}")
     ENTRIES[cls.name] = cls
+    ORIGINS[cls.name] = origin
     return cls
 
 
@@ -81,6 +99,11 @@ def get_entry(name: str) -> type["Entry"]:
     try:
         return ENTRIES[base]
     except KeyError:
+        from influence_bench.plugins import entry_failures
+
+        failed = entry_failures()
+        if base in failed:
+            raise EntryLoadError(failed[base]) from None
         raise unknown_entry(base, list(ENTRIES)) from None
 
 

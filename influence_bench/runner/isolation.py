@@ -83,7 +83,7 @@ def load_problem(job: Job):
     """The problem and the ground truth, rebuilt from the job (the gradients are the parent's)."""
     from influence_bench.groundtruth import build_lds_groundtruth, get_preset
     from influence_bench.problem import InfluenceProblem
-    from influence_bench.runner.plugins import load_plugins
+    from influence_bench.plugins import load_plugins
     from influence_bench.tasks import get_task
 
     load_plugins(job.plugins)
