@@ -365,6 +365,174 @@ def report(
     console.print(f"{time.perf_counter() - start:.1f} s")
 
 
+@app.command()
+def check(
+    entry: str = typer.Argument(..., help="The entry to check, with an optional parameter point: my-entry[p=v]."),
+    task: str = TaskOption,
+    preset: str = typer.Option("smoke", "--preset", help=f"Ground-truth preset of the run: {', '.join(PRESETS)}."),
+    plugins: Optional[str] = PluginsOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="Results directory of the run (default: results/check-ENTRY-TASK-PRESET)."),
+    cache_dir: Optional[Path] = CacheOption,
+    run_it: bool = typer.Option(True, "--run/--kit-only", help="After the kit, a run of the entry and its rank (default), or the kit alone."),
+    isolate: bool = typer.Option(True, "--isolate/--in-process", help="The run's entries each in a process of its own (default), or in this one."),
+):
+    """Where a new entry stands: the conformance kit, a smoke run on digits-mlp, and its rank among the
+    built-in entries on the same ground truth. Exits 1 when a check or the run failed."""
+    plugin_list = _plugin_list(plugins)
+    try:
+        check_names(task, [entry], plugin_list)
+        get_preset(preset)
+    except (UnknownTaskError, UnknownPresetError, UnknownEntryError, ValueError, ImportError) as exc:
+        fail(str(exc))
+    from influence_bench.submission import check_submission, entry_numbers
+
+    start = time.perf_counter()
+    try:
+        report = check_submission(entry, task, preset, plugins=plugin_list, out=out, cache_dir=cache_dir,
+                                  run=run_it, isolate=isolate)
+    except (UnknownEntryError, UnknownTaskError, ImportError) as exc:
+        fail(str(exc))
+    kit = Table(title=f"conformance kit: {report.entry} ({len(report.kit) - len(report.kit_failures)} of "
+                      f"{len(report.kit)} as expected)", title_justify="left")
+    for column in ("check", "status", "s", "message"):
+        kit.add_column(column, justify="right" if column == "s" else "left")
+    styles = {"passed": "green", "failed": "bold red", "known failure": "yellow", "unexpected pass": "bold red"}
+    for outcome in report.kit:
+        kit.add_row(outcome.check.removeprefix("check_"), f"[{styles[outcome.status]}]{outcome.status}[/]",
+                    f"{outcome.seconds:.1f}", escape(outcome.message.splitlines()[0][:160] if outcome.message else ""))
+    console.print(kit)
+    if report.results is not None:
+        _print_submission_run(report, entry_numbers)
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    console.print(f"{time.perf_counter() - start:.0f} s")
+    if not report.passed:
+        problems = [o.check for o in report.kit_failures] + (["the run"] if report.run_failed else [])
+        fail(f"{report.entry}: {', '.join(problems)} failed", code=1)
+    console.print(f"[green]{escape(report.entry)} passed the kit and ran[/]")
+
+
+def _print_submission_run(report, entry_numbers) -> None:
+    from influence_bench.report.tables import rank_labels
+
+    if report.run_failed:
+        err_console.print(f"[bold red]the run of {escape(report.entry)} failed ({report.results.statuses[report.entry]}):[/] "
+                          f"{escape(report.results.failures[report.entry])}", highlight=False)
+        return
+    n = entry_numbers(report)
+    console.print(f"[bold]{escape(report.entry)}[/] at the smoke preset: LDS@0.5 tuned {n['lds_tuned']:.3f} "
+                  f"[{n['lds_tuned_low']:.3f}, {n['lds_tuned_high']:.3f}] (noise ceiling {n['ceiling']:.3f}), fixed "
+                  f"{n['lds_fixed']:.3f}; fit {n['fit_s']:.2f} s, score {n['score_s']:.2f} s, peak memory "
+                  f"{n['peak_rss_mb']:.0f} MB; results in {report.results.out_dir}", highlight=False)
+    place = report.rank_of_entry()
+    if place is None:
+        return
+    rank, total, shared = place
+    ranking = report.ranking
+    labels = pd_series(rank_labels(ranking["rank"]), ranking.index)
+    console.print(f"rank [bold]{labels[report.entry]}[/] of {total} by tuned LDS@0.5 against "
+                  f"{escape(report.ranked_against)}" + (" (a group: the paired intervals to its neighbours "
+                                                          "include 0)" if shared else ""), highlight=False)
+    position = list(ranking.index).index(report.entry)
+    window = ranking.iloc[max(0, position - 3): position + 4]
+    table = Table(title="its neighbours in the ranking (paired 95% interval of the difference to the next)",
+                  title_justify="left")
+    for column in ("rank", "entry", "LDS@0.5 tuned [95% CI]", "- next [95% CI]", "vs next", "total s"):
+        table.add_column(column)
+    for name, row in window.iterrows():
+        mark = "bold" if name == report.entry else ""
+        cells = [labels[name], escape(name), f"{row.lds_tuned:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]",
+                 "" if pd_isna(row.diff_next) else f"{row.diff_next:+.3f} [{row.diff_low:+.3f}, {row.diff_high:+.3f}]",
+                 str(row.verdict_next), f"{row.total_s:.1f}"]
+        table.add_row(*(f"[{mark}]{c}[/]" if mark else c for c in cells))
+    console.print(table)
+
+
+def pd_series(values, index):
+    return dict(zip(index, values))
+
+
+@app.command()
+def compare(
+    old: Path = typer.Argument(..., help="The results directory to compare against (a baseline)."),
+    new: Path = typer.Argument(..., help="The results directory of the run to check."),
+    atol: float = typer.Option(0.01, "--atol", help="Metrics without an interval: absolute part of the tolerated worsening."),
+    rtol: float = typer.Option(0.05, "--rtol", help="Metrics without an interval: relative part (of |old|)."),
+    show_all: bool = typer.Option(False, "--all", help="Show every compared metric, not only the changed ones."),
+    entries: Optional[str] = typer.Option(None, "--entries", help="Comma-separated entries to compare (default: all)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the whole comparison table as CSV."),
+):
+    """Per entry and metric, what changed from OLD to NEW, judged by the metric's direction: a metric with an
+    interval regresses beyond the old interval, one without beyond --atol + --rtol * |old|, and an entry that
+    ran before regresses when it fails or is missing. Exits 1 when any quality metric regressed; time and
+    memory are flagged with the leaderboard's margins but do not fail it."""
+    from influence_bench.report import ReportError
+    from influence_bench.report.compare import Tolerance, compare as compare_runs, direction_arrow
+
+    try:
+        result = compare_runs(old, new, Tolerance(atol, rtol), split_names(entries) if entries else None)
+    except ReportError as exc:
+        fail(str(exc))
+    if csv is not None:
+        result.table.to_csv(csv, index=False)
+    shown = result.table if show_all else result.changed()
+    table = Table(title=f"{old} -> {new}: {len(shown)} of {len(result.table)} compared rows "
+                        f"(tolerance without an interval {atol:g} + {rtol:g} x |old|; ↑/↓: higher/lower is better)",
+                  title_justify="left")
+    for column in ("entry", "metric", "old", "new", "old 95% CI", "verdict"):
+        table.add_column(column, justify="right" if column in ("old", "new") else "left")
+    colours = {"regressed": "bold red", "failed": "bold red", "missing": "bold red", "improved": "green",
+               "slower": "yellow", "more memory": "yellow", "faster": "green", "less memory": "green"}
+    for row in shown.itertuples():
+        interval = "" if pd_isna(row.ci_low_old) else f"[{row.ci_low_old:.3g}, {row.ci_high_old:.3g}]"
+        old_text = row.status_old if row.metric == "status" else _number(row.old)
+        new_text = row.status_new if row.metric == "status" else _number(row.new)
+        metric = row.metric + ("" if pd_isna(row.alpha) else f"@{row.alpha:g}")
+        metric += f" {row.track}" if row.track in ("fixed", "tuned") else ""
+        metric += f" {direction_arrow(row.higher_is_better)}"
+        style = colours.get(row.verdict, "")
+        table.add_row(escape(row.entry), escape(metric.strip()), escape(str(old_text)), escape(str(new_text)),
+                      interval, f"[{style}]{row.verdict}[/]" if style else row.verdict)
+    console.print(table)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]note:[/] {escape(warning)}", highlight=False)
+    counts = result.table.verdict.value_counts()
+    console.print(", ".join(f"{n} {verdict}" for verdict, n in counts.items()))
+    if result.failed:
+        regressed = result.regressions
+        names = sorted({f"{r.entry} {r.metric}" + ("" if pd_isna(r.alpha) else f"@{r.alpha:g}") + f" ({r.track})"
+                        for r in regressed.itertuples()})
+        fail(f"{len(regressed)} quality regressions: {'; '.join(names)}", code=1)
+    console.print("[green]no quality regression[/]")
+
+
+@app.command()
+def baseline(
+    results_dir: Path = typer.Argument(..., help="A results directory written by `influence-bench run`."),
+    out: Path = typer.Option(..., "--out", help="Where to write the baseline (e.g. baselines/digits-mlp-smoke)."),
+):
+    """Keep what `compare` reads of a results directory (the table, the paired bootstrap, the manifest; no
+    scores, no model) as a baseline to commit."""
+    from influence_bench.report import ReportError
+    from influence_bench.report.compare import write_baseline
+
+    try:
+        written = write_baseline(results_dir, out)
+    except ReportError as exc:
+        fail(str(exc))
+    console.print(f"baseline written to [bold]{out}[/]: {', '.join(p.name for p in written)}")
+
+
+def pd_isna(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _number(value, signed: bool = False) -> str:
+    if pd_isna(value):
+        return ""
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
 def main() -> None:
     app()
 
