@@ -87,6 +87,6 @@ def random_members(n_models, n_train, size, seed=0):
 @pytest.fixture(scope="session")
 def tiny_problem():
     """digits with a 64-6-5-10 MLP (485 parameters): small enough for dense references."""
-    from influence_bench.entries.checks import tiny_problem
+    from influence_bench.testing import tiny_problem
 
     return tiny_problem()

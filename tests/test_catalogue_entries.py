@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from influence_bench.entries import make_entry
-from influence_bench.entries.checks import check_entry, tiny_problem
 from influence_bench.entries.datainf import DataInf
 from influence_bench.entries.gradient_cosine import GradientCosine
 from influence_bench.entries.tracin import TracIn
 from influence_bench.entries.trak import TRAK
+from influence_bench.testing import check_entry, tiny_problem
 
 
 @pytest.fixture(scope="module")

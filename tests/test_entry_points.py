@@ -9,7 +9,7 @@ import torch
 from influence_bench.curvature import curvlinops_adapter
 from influence_bench.curvature.eigen import truncated_inverse
 from influence_bench.entries import ENTRIES, UnknownEntryError, get_entry, make_entry, parse_point
-from influence_bench.entries.checks import entry_checks
+from influence_bench.testing import entry_checks
 
 KRONECKER_POINTS = [dict(fisher=f, separate=s) for f, s in itertools.product(("type-2", "mc", "empirical"), (False, True))]
 KRONECKER_POINTS.append(dict(fisher="mc", samples=4, separate=True))

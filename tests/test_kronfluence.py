@@ -15,7 +15,7 @@ import torch
 from scipy.stats import spearmanr
 
 from influence_bench.entries import make_entry
-from influence_bench.entries.checks import CHECKS
+from influence_bench.testing import CHECKS
 
 pytest.importorskip("kronfluence")
 
@@ -141,7 +141,7 @@ LABELS = {"mc": "ekfac-kronfluence", "empirical": "ekfac-kronfluence[fisher=empi
     pytest.param(f, check, id=f"{LABELS[f]}-{check.__name__.removeprefix('check_')}") for f in FISHERS for check in CHECKS
 ])
 def test_conformance_kit(fisher, check, points, tiny_problem):
-    """Every check of the public kit (``influence_bench.entries.checks``), at each point of the grid, with the
+    """Every check of the public kit (``influence_bench.testing``), at each point of the grid, with the
     ids ``entry_checks`` gives (``pytest -k ekfac-kronfluence`` picks them)."""
     assert points[fisher].point_label == LABELS[fisher]
     check(points[fisher], tiny_problem)

@@ -131,6 +131,10 @@ class Entry:
     # the parameter grid: name -> allowed values, the first is the default (a run names one point)
     parameters: ClassVar[dict[str, tuple]] = {}
     point_label: ClassVar[str | None] = None  # set on classes made by ``at``: the point's name
+    # checks of the conformance kit (``influence_bench.testing``) it is known to fail: the check's name without
+    # ``check_`` -> the reason. The kit reads it from an instance, so where it depends on the parameter point
+    # a class may define it as a property of ``self.params``.
+    known_failures: ClassVar[dict[str, str]] = {}
 
     def __init__(self, damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS, **params: Any):
         self.damping = damping

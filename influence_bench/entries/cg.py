@@ -52,9 +52,19 @@ class CG(Entry):
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; use one of {', '.join(SOLVERS)}")
         self.operator_ = problem.ggn_operator
+        self.ggn_of_ = (problem.model, problem.x_train, problem.y_train)  # what rebuilds operator_ after unpickling
         self.iterations_ = []  # the largest CG iteration count of each inverse call
         self.krylov_ = {}  # row key -> its Lanczos run (solver "lanczos")
         return self
+
+    def __getstate__(self):
+        """Without curvlinops' operator, whose closures do not pickle: ``__setstate__`` rebuilds it."""
+        return {name: value for name, value in self.__dict__.items() if name != "operator_"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "ggn_of_" in state:
+            self.operator_ = curvlinops_adapter.ggn_operator(*state["ggn_of_"])
 
     def inverse(self, vectors, damping=None):
         self._check_fitted()

@@ -28,6 +28,15 @@ class KFAC(KroneckerEntry):
     def inverse_is_exact(self) -> bool:
         return self.params["inverse"] == "exact"
 
+    @property
+    def known_failures(self) -> dict[str, str]:
+        """The conformance kit's checks this point fails: the heuristic inverse's large-damping limit is slow."""
+        if self.inverse_is_exact:
+            return {}
+        return {"large_damping_gives_gradient_dot_product": (
+            "pi-damping adds about sqrt(damping) to each Kronecker factor, so damping * s reaches the gradient dot "
+            "product only like 1 / sqrt(damping): 1.5e-3 relative at the check's damping 1e6, not the 1e-4 it asks")}
+
     def fit(self, problem):
         self.eigen_ = curvlinops_adapter.kfac_curvature(problem.model, problem.x_train, problem.y_train,
                                                         **self.factor_args())

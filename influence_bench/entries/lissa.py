@@ -115,10 +115,22 @@ class LiSSA(Entry):
 
     def fit(self, problem):
         self.operator_ = problem.ggn_operator
+        self.ggn_of_ = (problem.model, problem.x_train, problem.y_train)  # what rebuilds the GGNs after unpickling
         self.x_train_ = problem.x_train
         self.batch_ggn_ = minibatch_ggn(problem.model)
         self.top_eigenvalue_ = self._top_eigenvalue(problem) if self.scale is None else None
         return self
+
+    def __getstate__(self):
+        """Without curvlinops' operator and the mini-batch GGN, closures that do not pickle: ``__setstate__``
+        rebuilds them."""
+        return {name: value for name, value in self.__dict__.items() if name not in ("operator_", "batch_ggn_")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "ggn_of_" in state:
+            self.operator_ = curvlinops_adapter.ggn_operator(*state["ggn_of_"])
+            self.batch_ggn_ = minibatch_ggn(state["ggn_of_"][0])
 
     # -- the curvature of one step ---------------------------------------------------------------
     def _full_matvec(self) -> RowsMatvec:
