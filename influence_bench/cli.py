@@ -409,7 +409,7 @@ def check(
     if not report.passed:
         problems = [o.check for o in report.kit_failures] + (["the run"] if report.run_failed else [])
         fail(f"{report.entry}: {', '.join(problems)} failed", code=1)
-    console.print(f"[green]{escape(report.entry)} passed the kit and ran[/]")
+    console.print(f"[green]{escape(report.entry)} passed the kit" + (" and ran[/]" if report.results is not None else "[/]"))
 
 
 def _print_submission_run(report, entry_numbers) -> None:

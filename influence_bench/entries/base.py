@@ -190,8 +190,12 @@ class Entry:
         def __init__(self, damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS, **more: Any):
             base.__init__(self, damping, eps, **{**point, **more})
 
+        def __reduce__(self):  # a class made here has no importable name: pickle the instance by its recipe
+            return _entry_at_point, (base, point, self.__dict__)
+
         return type(f"{cls.__name__}AtPoint", (cls,), {
-            "__init__": __init__, "__module__": cls.__module__, "point_label": cls.point_name(point)})
+            "__init__": __init__, "__reduce__": __reduce__, "__module__": cls.__module__,
+            "point_label": cls.point_name(point)})
 
     def get_params(self) -> dict[str, Any]:
         return {"damping": self.damping, "eps": self.eps, **self.params}
@@ -280,6 +284,14 @@ class Entry:
             op = curvlinops_adapter.as_operator(self.curvature_matvec, problem.n_params)
             return curvlinops_adapter.trace_estimate(op) / problem.n_params
         raise MissingCapabilityError(f"entry {self.name!r} has no curvature whose eigenvalues could scale a damping grid")
+
+
+def _entry_at_point(base: type[Entry], point: dict[str, Any], state: dict) -> Entry:
+    """An instance of ``base.at(**point)`` with the attributes ``state`` (how such an instance unpickles)."""
+    cls = base.at(**point)
+    entry = cls.__new__(cls)
+    entry.__dict__.update(state)
+    return entry
 
 
 class EigenEntry(Entry):

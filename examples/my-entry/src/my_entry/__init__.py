@@ -1,21 +1,22 @@
-"""A minimal outside entry for influence_bench: the curvature ``c I`` with ``c`` the mean of the exact
-GGN's diagonal (the trace of the GGN over P), so that the damped inverse is ``v / (c + damping)``.
+"""A minimal outside entry for influence_bench: the empirical Fisher, one block per layer.
 
-It declares an eigen form, so influence_bench derives its inverse, its curvature operator and every
-curvature metric from it; the entry only has to say what its curvature is.
+The curvature of each layer is the mean outer product of the per-example loss gradients, restricted to
+that layer's parameters (weight and bias together): the empirical-Fisher relative of the suite's
+``block-ggn``. It declares an eigen form, so influence_bench derives its damped inverse, its curvature
+operator and every curvature metric from it; the entry only says what its curvature is, from the
+per-example gradients the harness computed once for every entry.
 """
-
-import torch
 
 from influence_bench.curvature.eigen import EigenCurvature
 from influence_bench.entries import EigenEntry
 
 
-class ScaledIdentity(EigenEntry):
-    name = "scaled-identity"
-    description = "the GGN's mean diagonal times I (an outside entry, examples/my-entry)"
+class BlockEmpiricalFisher(EigenEntry):
+    name = "block-empirical-fisher"
+    description = "the empirical Fisher (mean outer product of per-example gradients), one block per layer"
 
     def fit(self, problem):
-        mean = problem.ggn_diagonal.mean()
-        self.eigen_ = EigenCurvature.diagonal(mean * torch.ones(problem.n_params, dtype=torch.float64))
+        grads = problem.train_grads  # [n_train, P]
+        blocks = [grads[:, s].T @ grads[:, s] / problem.n_train for s in problem.layer_slices]
+        self.eigen_ = EigenCurvature.from_dense_blocks(blocks, problem.layer_slices)
         return self
