@@ -96,6 +96,10 @@ def _digits_slice_problem(layer_sizes: tuple[int, ...], name: str, checkpoint_ep
     if checkpoint_epochs:
         train_batched(spec, data, everyone[None], [0], recipe, at_epoch_end=keep)
     problem.set_checkpoints([m for _, m in kept] + [model], [lr for lr, _ in kept] + [recipe.learning_rates()[-1]])
+    # the shared dense matrices first, as a run computes them before any entry (runner/shared.py): every fit
+    # then reads the same ones (a GGN block computed alone equals the dense GGN's slice only to round-off,
+    # so which came first would otherwise decide whether two fits agree bit for bit)
+    _ = problem.ggn, problem.ggn_eigen, problem.hessian
     return problem
 
 
@@ -335,8 +339,10 @@ def check_large_damping_gives_gradient_dot_product(cls: type[Entry], problem: In
 
 
 def check_same_seed_same_scores(cls: type[Entry], problem: InfluenceProblem) -> None:
-    """torch.manual_seed(0), a fresh instance, fit, scores: twice, and the scores agree bit for bit."""
-    first = _fit(cls, problem).scores
+    """torch.manual_seed(0), a fresh instance, fit, scores: twice in a row, and the scores agree bit for bit.
+    (Both fits here, not the kit's shared one: a fit from another moment of the process may have run with
+    another number of threads, whose round-off differs.)"""
+    first = _Fit(cls, problem).scores
     again = _Fit(cls, problem).scores
     assert _same_bits(first, again), (
         f"two fits after torch.manual_seed({SEED}) gave different scores (largest difference "
