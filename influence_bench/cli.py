@@ -502,7 +502,7 @@ def compare(
         regressed = result.regressions
         names = sorted({f"{r.entry} {r.metric}" + ("" if pd_isna(r.alpha) else f"@{r.alpha:g}") + f" ({r.track})"
                         for r in regressed.itertuples()})
-        fail(f"{len(regressed)} quality regressions: {'; '.join(names)}", code=1)
+        fail(f"{len(regressed)} quality regression{'' if len(regressed) == 1 else 's'}: {'; '.join(names)}", code=1)
     console.print("[green]no quality regression[/]")
 
 

@@ -191,7 +191,7 @@ def load_plugins(extra: list[str] | None = None) -> list[str]:
     be found raises PluginError; one that raises while importing is kept in ``LOAD_FAILURES`` (under
     ``plugin:MODULE``) with its traceback, and the others load."""
     import influence_bench.entries  # noqa: F401 - the entry points first: built-ins, then installed plugins
-    import influence_bench.tasks  # noqa: F401
+    import influence_bench.tasks  # noqa: F401 - the task entry points too
 
     located = [locate(p) for p in plugin_modules(extra)]
     failures = LOAD_FAILURES[ENTRY_GROUP]

@@ -97,7 +97,7 @@ def test_the_readmes_submission_example_verbatim(tmp_path, user_env):
     """The README's my_entry.py, saved in a fresh directory, and its commands run there as written: with the
     console script of this environment, no PYTHONPATH, the smoke preset and its own output directory.
 
-    End to end on digits-mlp (about 3 minutes: the reference model, the exact GGN reference twice), so it is
+    End to end on digits-mlp (about 5 minutes here: the reference model, the exact GGN reference twice), so it is
     not in the default run; CI runs it after the suite (``.ci/quality-gate``: ``pytest -m e2e``)."""
     (tmp_path / "my_entry.py").write_text(readme_block("my_entry.py"))
     commands = [line for line in readme_block("commands").splitlines() if line.strip() and not line.startswith("#")]
