@@ -96,7 +96,7 @@ def unavailable(name: str) -> str | None:
     modules = [k.removeprefix("plugin:") for k in failed if k.startswith("plugin:")]
     if base not in ENTRIES and modules:
         return (f"entry {base!r} is not registered; the plugin module(s) {', '.join(modules)} failed to import and "
-                "may be the one that provides it (see the row plugin:MODULE for the traceback)")
+                "may be the one that provides it:\n" + "\n".join(failed[f"plugin:{m}"] for m in modules))
     return None
 
 

@@ -494,6 +494,8 @@ def compare(
         table.add_row(escape(row.entry), escape(metric.strip()), escape(str(old_text)), escape(str(new_text)),
                       interval, f"[{style}]{row.verdict}[/]" if style else row.verdict)
     console.print(table)
+    for row in shown[shown.verdict.isin(("failed", "skipped"))].itertuples():
+        err_console.print(f"[bold red]{escape(row.entry)} {row.verdict}:[/] {escape(str(row.message))}", highlight=False)
     for warning in result.warnings:
         err_console.print(f"[yellow]note:[/] {escape(warning)}", highlight=False)
     counts = result.table.verdict.value_counts()

@@ -76,8 +76,9 @@ def _distribution_name(ep: EntryPoint) -> tuple[str, str]:
 
 
 def discover(group: str) -> list[Discovered]:
-    """Every entry point of ``group``: this package's first, in the order it declares them (the paper's
-    chain), then the others by name. Two with one name raise DuplicateNameError naming both."""
+    """Every entry point of ``group``: this package's first (in the order of its installed metadata, which
+    setuptools sorts by name: ``entries.BUILTIN_ORDER`` puts the registry in the chain's order), then the
+    others by name. Two with one name raise DuplicateNameError naming both."""
     found: dict[str, Discovered] = {}
     for ep in entry_points(group=group):
         dist, version = _distribution_name(ep)
@@ -139,6 +140,8 @@ def locate(plugin: str, cwd: Path | None = None) -> str:
         return plugin
     if plugin.endswith(".py") or os.sep in plugin:
         path = (cwd / plugin).resolve()
+        if path.is_dir() and (path / "__init__.py").is_file():  # a package folder: its parent on the path
+            return f"{path.parent}{os.pathsep}{path.name}"
         if not path.is_file():
             raise PluginError(f"plugin file {plugin!r} does not exist (looked for {path})")
         return str(path)
@@ -170,8 +173,12 @@ def import_plugin(located: str):
     if located.endswith(".py"):
         path = Path(located)
         name = path.stem
-        if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
-            return sys.modules[name]
+        if name in sys.modules:
+            if getattr(sys.modules[name], "__file__", None) == str(path):
+                return sys.modules[name]
+            raise PluginError(f"plugin file {path} would be the module {name!r}, but a module of that name is "
+                              f"already imported ({getattr(sys.modules[name], '__file__', 'built in')}); rename "
+                              "the file")
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # so that its classes pickle by reference, as an installed module's would
@@ -184,20 +191,22 @@ def import_plugin(located: str):
     return importlib.import_module(located)
 
 
-def load_plugins(extra: list[str] | None = None) -> list[str]:
+def load_plugins(extra: list[str] | None = None, environment: bool = True) -> list[str]:
     """Load every entry point and import every plugin module (``--plugins`` and the environment).
 
-    Returns the located plugins (what another process needs to import the same). A plugin that cannot
+    Returns the located plugins (what another process needs to import the same: it passes them with
+    ``environment=False``, not to read ``$INFLUENCE_BENCH_PLUGINS`` a second time). A plugin that cannot
     be found raises PluginError; one that raises while importing is kept in ``LOAD_FAILURES`` (under
     ``plugin:MODULE``) with its traceback, and the others load."""
     import influence_bench.entries  # noqa: F401 - the entry points first: built-ins, then installed plugins
     import influence_bench.tasks  # noqa: F401 - the task entry points too
 
-    located = [locate(p) for p in plugin_modules(extra)]
+    names = plugin_modules(extra) if environment else list(dict.fromkeys(extra or ()))
+    located = [locate(p) for p in names]
     failures = LOAD_FAILURES[ENTRY_GROUP]
     for key in [k for k in failures if k.startswith("plugin:")]:
         del failures[key]  # the plugins of an earlier call in this process are not this call's
-    for plugin, where in zip(plugin_modules(extra), located):
+    for plugin, where in zip(names, located):
         try:
             import_plugin(where)
         except Exception:  # noqa: BLE001

@@ -69,7 +69,7 @@ def entry_class(name: str):
     return cls.at(**cls.coerce_params(raw)) if raw else cls
 
 
-def find_baseline(task_key: str, fingerprint: str, preset: str, directories: Sequence[Path] | None = None) -> Path | None:
+def find_baseline(fingerprint: str, preset: str, directories: Sequence[Path] | None = None) -> Path | None:
     """A committed baseline of the same task version (fingerprint) and preset, or None."""
     for directory in directories if directories is not None else sorted(BASELINES.glob("*")):
         manifest = Path(directory) / schema.MANIFEST_FILE
@@ -116,13 +116,18 @@ def check_submission(entry: str, task: str = "digits-mlp", preset: str = "smoke"
     from influence_bench.tasks import get_task
 
     load_plugins(list(plugins))
+    why = api.unavailable(entry)
+    if why is not None:  # its plugin failed to import: say so, with the traceback, not "unknown entry"
+        from influence_bench.entries import EntryLoadError
+
+        raise EntryLoadError(why)
     cls = entry_class(entry)
     name = cls().name
     report = SubmissionReport(name, testing.run_checks(cls))
     if not run:
         return report
     spec = get_task(task)
-    baseline = find_baseline(spec.key, spec.fingerprint, get_preset(preset).name, baselines)
+    baseline = find_baseline(spec.fingerprint, get_preset(preset).name, baselines)
     baseline_table = baseline_boot = None
     if baseline is not None:
         from influence_bench.report.render import load_arrays, load_results
@@ -137,8 +142,8 @@ def check_submission(entry: str, task: str = "digits-mlp", preset: str = "smoke"
     if baseline is not None and not _same_ground_truth(table, baseline_table):
         report.notes.append(f"the ground truth here differs from the baseline's ({baseline}): its noise ceilings "
                             "differ, so the ranking is against reference entries run beside it instead")
-        more = [e for e in reference_entries if e != name]
-        report.results = api.run(spec.name, [name, *more], preset, out=out, isolate=isolate, cache_dir=cache_dir,
+        names = [name, *(e for e in reference_entries if e != name)]
+        report.results = api.run(spec.name, names, preset, out=out, isolate=isolate, cache_dir=cache_dir,
                                  plugins=list(plugins), progress=progress, fresh=True)
         table, baseline = report.results.table, None
     if baseline is not None:

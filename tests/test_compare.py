@@ -79,9 +79,15 @@ def test_an_entry_that_fails_or_vanishes_regresses(tiny):
         def fit(self, problem):
             raise RuntimeError("broken on purpose")
 
-    influence_bench.run("digits-tiny", ["identity", "diag-ggn", Fails()], out=root / "broken", **kwargs)
+    class Skips(get_entry("diag-ggn")):
+        def skip(self, problem):
+            return "declines the task on purpose"
+
+    influence_bench.run("digits-tiny", ["identity", Skips(), Fails()], out=root / "broken", **kwargs)
     verdicts = compare(root / "old", root / "broken").regressions.set_index("entry").verdict
-    assert verdicts["ggn"] == "failed" and verdicts["kfac"] == "missing"
+    assert verdicts.to_dict() == {"ggn": "failed", "diag-ggn": "skipped", "kfac": "missing"}
+    result = CliRunner().invoke(app, ["compare", str(root / "old"), str(root / "broken")])
+    assert result.exit_code == 1 and "broken on purpose" in result.stderr  # the failure's message is shown
 
 
 def test_tolerance_and_intervals_decide_a_change():

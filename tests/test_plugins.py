@@ -11,7 +11,7 @@ import pytest
 from influence_bench import plugins
 from influence_bench.api import resolve_entries, unavailable
 from influence_bench.entries import BUILTIN_ORDER, ENTRIES, ORIGINS, EntryLoadError, get_entry, register
-from influence_bench.entries.base import Entry
+from influence_bench.entries.base import EigenEntry, Entry
 from influence_bench.tasks import TASKS
 
 SCALED_IDENTITY = '''
@@ -139,3 +139,63 @@ def test_list_shows_plugin_entries_with_their_origin(tmp_path):
     entries = {e["name"]: e for e in json.loads(done.stdout)["entries"]}
     assert entries["scaled-identity-listed"]["origin"] == "listed_entry:ScaledIdentity"
     assert entries["kfac"]["origin"] == "influence_bench"
+
+
+def test_a_package_folder_is_a_plugin_and_a_taken_module_name_is_refused(tmp_path, monkeypatch, clean_failures):
+    (tmp_path / "folder_entry").mkdir()
+    (tmp_path / "folder_entry" / "__init__.py").write_text(SCALED_IDENTITY.format(suffix="folder"))
+    (tmp_path / "json.py").write_text(SCALED_IDENTITY.format(suffix="json"))  # would shadow the standard json
+    monkeypatch.chdir(tmp_path)
+    located = plugins.load_plugins(["./folder_entry", "./json.py"])
+    assert located[0] == f"{tmp_path}{os.pathsep}folder_entry" and "scaled-identity-folder" in ENTRIES
+    why = plugins.entry_failures()["plugin:./json.py"]
+    assert "a module of that name is already imported" in why and "rename the file" in why
+    import json
+
+    assert json.dumps([1]) == "[1]"  # the standard module is untouched
+
+
+def test_check_names_the_plugin_that_failed_not_an_unknown_entry(tmp_path, monkeypatch, clean_failures):
+    from influence_bench.submission import check_submission
+
+    (tmp_path / "raising_entry.py").write_text("raise ValueError('broken on purpose')\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EntryLoadError) as raised:
+        check_submission("its-entry", plugins=["raising_entry.py"], run=False)
+    assert "raising_entry.py failed to import" in str(raised.value) and "ValueError: broken on purpose" in str(raised.value)
+
+
+class WithClosure(EigenEntry):
+    """An entry with a parameter grid whose fitted state holds a closure, dropped in ``__getstate__`` and rebuilt in
+    ``__setstate__`` (the pattern the kit recommends): also at a point of its grid (``Entry.at``), pickle must use them."""
+
+    name = "test-with-closure"
+    description = "a closure in its state"
+    parameters = {"scale": (1.0, 2.0)}
+
+    def fit(self, problem):
+        import torch
+
+        from influence_bench.curvature.eigen import EigenCurvature
+
+        self.eigen_ = EigenCurvature.diagonal(self.params["scale"] * torch.ones(problem.n_params, dtype=torch.float64))
+        self.rebuilt_ = False
+        self.closure_ = lambda v: v
+        return self
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "closure_"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, closure_=lambda v: v, rebuilt_=True)
+
+
+def test_an_entry_at_a_point_pickles_through_its_own_state_methods(tiny_problem):
+    import pickle
+
+    import torch
+
+    entry = WithClosure.at(scale=2.0)().fit(tiny_problem)
+    clone = pickle.loads(pickle.dumps(entry))
+    assert clone.rebuilt_ and clone.params == {"scale": 2.0} and clone.name == "test-with-closure[scale=2.0]"
+    assert torch.equal(clone.scores(tiny_problem), entry.scores(tiny_problem))

@@ -55,7 +55,7 @@ class NotFittedError(RuntimeError):
     pass
 
 
-class EntryLoadError(RuntimeError):
+class EntryLoadError(ImportError):
     """An entry whose module (an entry point of an installed package) failed to import: the message
     carries the traceback. A run turns it into a failure row and goes on with the others."""
 
@@ -190,8 +190,8 @@ class Entry:
         def __init__(self, damping: float = DEFAULT_DAMPING, eps: float = DEFAULT_EPS, **more: Any):
             base.__init__(self, damping, eps, **{**point, **more})
 
-        def __reduce__(self):  # a class made here has no importable name: pickle the instance by its recipe
-            return _entry_at_point, (base, point, self.__dict__)
+        def __reduce__(self):  # a class made here has no importable name: pickle the instance by its recipe,
+            return _entry_at_point, (base, point), self.__getstate__()  # its state as its own __getstate__ says
 
         return type(f"{cls.__name__}AtPoint", (cls,), {
             "__init__": __init__, "__reduce__": __reduce__, "__module__": cls.__module__,
@@ -286,12 +286,11 @@ class Entry:
         raise MissingCapabilityError(f"entry {self.name!r} has no curvature whose eigenvalues could scale a damping grid")
 
 
-def _entry_at_point(base: type[Entry], point: dict[str, Any], state: dict) -> Entry:
-    """An instance of ``base.at(**point)`` with the attributes ``state`` (how such an instance unpickles)."""
+def _entry_at_point(base: type[Entry], point: dict[str, Any]) -> Entry:
+    """An empty instance of ``base.at(**point)``: how such an instance unpickles (pickle then applies its
+    state, through ``__setstate__`` where the class defines one)."""
     cls = base.at(**point)
-    entry = cls.__new__(cls)
-    entry.__dict__.update(state)
-    return entry
+    return cls.__new__(cls)
 
 
 class EigenEntry(Entry):

@@ -8,7 +8,8 @@ results record it):
   points) regresses when the new value lies beyond the old interval on the worse side;
 - a metric without one (the curvature-fidelity metrics, deterministic given the code) regresses when it
   is worse by more than ``atol + rtol * |old|`` (``Tolerance``);
-- an entry that ran in the old run and failed, or is missing, in the new one regresses too.
+- an entry that ran in the old run and failed, was skipped or is missing in the new one regresses too,
+  and so does a metric that had a value and now has none (``undefined``).
 
 Quality regressions decide the exit status of ``influence-bench compare``. Cost (time, memory) is
 compared with the leaderboard's margins (``report.tables``: a time more than twice as long and a second
@@ -39,9 +40,9 @@ BASELINE_FILES = (schema.RESULTS_FILE, schema.RESULTS_CSV, schema.BOOTSTRAP_FILE
 # what must agree for two runs to be comparable: the same task (fingerprint) and the same ground truth
 COMPARABLE = ("task", "task_version", "task_fingerprint", "preset", "n_masks", "n_seeds")
 
-VERDICTS = ("regressed", "failed", "missing", "improved", "new", "within interval", "within tolerance",
-            "unchanged", "slower", "faster", "more memory", "less memory", "changed")
-GATING = ("regressed", "failed", "missing")
+VERDICTS = ("regressed", "failed", "skipped", "missing", "undefined", "improved", "new", "within interval",
+            "within tolerance", "unchanged", "slower", "faster", "more memory", "less memory", "changed")
+GATING = ("regressed", "failed", "skipped", "missing", "undefined")
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def _judge_quality(row: pd.Series, tolerance: Tolerance) -> str:
     if pd.isna(old) and pd.isna(new):
         return "unchanged"
     if pd.isna(new):
-        return "missing"
+        return "undefined"
     if pd.isna(old):
         return "new"
     if old == new:
@@ -120,8 +121,10 @@ def _judge_quality(row: pd.Series, tolerance: Tolerance) -> str:
 
 def _judge_cost(row: pd.Series, spread_old: float, spread_new: float) -> str:
     old, new = row.value_old, row.value_new
-    if pd.isna(old) or pd.isna(new) or old == new:
-        return "unchanged" if old == new else "changed"
+    if (pd.isna(old) and pd.isna(new)) or old == new:
+        return "unchanged"
+    if pd.isna(old) or pd.isna(new):
+        return "changed"
     kind = COST_GATED.get(row.metric)
     values = pd.Series([old, new], index=["old", "new"])
     if kind == "time":
@@ -154,9 +157,10 @@ def compare(old_dir: Path, new_dir: Path, tolerance: Tolerance = Tolerance(), en
         if before == "ok" and after is None:
             rows.append({"entry": entry, "track": "all", "metric": "status", "verdict": "missing",
                          "status_old": before, "status_new": "absent"})
-        elif before == "ok" and after in schema.FAILURE_STATUSES:
+        elif before == "ok" and (after in schema.FAILURE_STATUSES or after == "skipped"):
             message = new[(new.entry == entry) & (new.status == after)].message.iloc[0]
-            rows.append({"entry": entry, "track": "all", "metric": "status", "verdict": "failed",
+            rows.append({"entry": entry, "track": "all", "metric": "status",
+                         "verdict": "skipped" if after == "skipped" else "failed",
                          "status_old": before, "status_new": after, "message": message})
         elif before != after:
             rows.append({"entry": entry, "track": "all", "metric": "status",
@@ -175,7 +179,7 @@ def compare(old_dir: Path, new_dir: Path, tolerance: Tolerance = Tolerance(), en
     for _, row in merged.iterrows():
         if row.track in QUALITY_TRACKS and pd.notna(row.higher_is_better):
             verdict = _judge_quality(row, tolerance)
-            if verdict == "missing" and status_new.get(row.entry) != "ok":
+            if verdict in ("undefined", "missing") and status_new.get(row.entry) != "ok":
                 continue  # the entry's own status row says it
         elif row.track == "cost":
             verdict = _judge_cost(row, spreads["old"].get(row.entry, 0.0), spreads["new"].get(row.entry, 0.0))
@@ -190,10 +194,8 @@ def compare(old_dir: Path, new_dir: Path, tolerance: Tolerance = Tolerance(), en
     columns = ["entry", "track", "metric", "alpha", "old", "new", "change", "ci_low_old", "ci_high_old",
                "higher_is_better", "verdict", "status_old", "status_new", "message"]
     table = pd.DataFrame(rows, columns=columns)
-    for column in ("task_fingerprint", "git_commit"):
-        a_value, b_value = old[column].iloc[0], new[column].iloc[0]
-        if column == "git_commit" and a_value == b_value:
-            warnings.append(f"both runs are of commit {a_value}")
+    if old.git_commit.iloc[0] == new.git_commit.iloc[0]:
+        warnings.append(f"both runs are of commit {old.git_commit.iloc[0]}")
     shared = (old.entry == schema.SHARED_GRADIENTS) & (old.metric == "noise_ceiling")
     ceiling_old = old[shared].set_index(["track", "alpha"]).value
     ceiling_new = new[(new.entry == schema.SHARED_GRADIENTS) & (new.metric == "noise_ceiling")].set_index(

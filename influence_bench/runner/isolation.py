@@ -86,7 +86,7 @@ def load_problem(job: Job):
     from influence_bench.plugins import load_plugins
     from influence_bench.tasks import get_task
 
-    load_plugins(job.plugins)
+    load_plugins(job.plugins, environment=False)  # located by the run, $INFLUENCE_BENCH_PLUGINS included
     spec = get_task(job.task)
     model = spec.make_model()
     model.load_state_dict(torch.load(job.checkpoint, weights_only=True))

@@ -33,11 +33,20 @@ def get_task(name: str) -> TaskSpec:
     for spec in TASKS.values():
         if name in (spec.name, spec.key):
             return spec
-    from influence_bench.plugins import LOAD_FAILURES, TASK_GROUP
+    from influence_bench.plugins import ENTRY_GROUP, LOAD_FAILURES, TASK_GROUP
 
     if name in LOAD_FAILURES[TASK_GROUP]:
-        raise RuntimeError(LOAD_FAILURES[TASK_GROUP][name])
+        raise TaskLoadError(LOAD_FAILURES[TASK_GROUP][name])
+    broken = [k.removeprefix("plugin:") for k in LOAD_FAILURES[ENTRY_GROUP] if k.startswith("plugin:")]
+    if broken:
+        raise TaskLoadError(f"unknown task {name!r}; the plugin module(s) {', '.join(broken)} failed to import and "
+                            f"may be the one that provides it:\n" + "\n".join(
+                                LOAD_FAILURES[ENTRY_GROUP][f"plugin:{m}"] for m in broken))
     raise unknown_task(name, sorted(TASKS))
+
+
+class TaskLoadError(ImportError):
+    """A task whose module (an entry point, or a plugin module) failed to import: the message says why."""
 
 
 def _load_task_entry_points() -> None:
