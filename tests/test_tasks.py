@@ -67,3 +67,28 @@ def test_corrupt_reference_checkpoint_is_reported_and_retrained(digits, referenc
     again = reference_model(digits, cache_dir)
     assert str(checkpoint) in capsys.readouterr().err
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+
+
+def test_digits_logreg_is_convex_logistic_regression_on_the_digits_split(digits):
+    """One Linear(64, 10) (650 parameters) on digits-mlp's split and recipe; a batch of one follows the plain loop;
+    at a trained model its Hessian is its GGN (the loss is convex in the parameters)."""
+    from conftest import random_members, short_recipe
+    from influence_bench.curvature.exact import exact_ggn, exact_hessian
+    from influence_bench.training import train_batched, train_single
+
+    spec = get_task("digits-logreg")
+    assert spec.n_params == 650 == sum(p.numel() for p in spec.make_model().parameters())
+    assert [type(m).__name__ for m in spec.make_model()] == ["Linear"]
+    assert spec.recipe == digits.recipe and spec.split_seed == digits.split_seed and spec.key == "digits-logreg.v1"
+    assert spec.fingerprint != digits.fingerprint
+    data = spec.data
+    member = random_members(1, data.n_train, 400, seed=3)
+    recipe = short_recipe(spec, epochs=3)
+    stack = train_batched(spec, data, member, [5], recipe)
+    model = train_single(spec, data, member[0], 5, recipe)
+    assert max((p[0] - t).abs().max().item() for p, t in zip(stack.parameters(), model.parameters())) < 1e-5
+    model = model.double()
+    x, y = data.x_train[:300].double(), data.y_train[:300]
+    hessian, ggn = exact_hessian(model, x, y), exact_ggn(model, x)
+    assert torch.allclose(hessian, ggn, rtol=0, atol=1e-10 * float(ggn.abs().max()))
+    assert float(torch.linalg.eigvalsh(hessian)[0]) > -1e-10 * float(ggn.abs().max())
