@@ -117,6 +117,11 @@ def check_names(task: str, entries: list[str] | None, plugins: list[str]) -> str
     return name
 
 
+def _grid_text(parameters: dict) -> str:
+    """An entry's parameter grid as ``list`` shows it: ``fisher=type-2|mc; samples=1|4``."""
+    return "; ".join(f"{k}={'|'.join(str(v).lower() for v in values)}" for k, values in parameters.items()) or "-"
+
+
 def _items(plugins: list[str] | None = None) -> dict[str, list[dict]]:
     """The tasks, entries and presets to list: the built-ins from the catalogue; the entry points of
     other installed packages and ``plugins`` modules imported (only when there are any)."""
@@ -125,8 +130,7 @@ def _items(plugins: list[str] | None = None) -> dict[str, list[dict]]:
     known = catalogue.load()
     tasks = [{k: t[k] for k in ("name", "version", "key", "n_params", "description")} for t in known["tasks"]]
     entries = [{"name": e["name"], "description": e["description"], "capabilities": ",".join(e["capabilities"]) or "-",
-                "parameters": "; ".join(f"{k}={'|'.join(str(v).lower() for v in values)}"
-                                        for k, values in e["parameters"].items()) or "-"}
+                "parameters": _grid_text(e["parameters"])}
                for e in known["entries"]]
     if outside_names(ENTRY_GROUP) or outside_names(TASK_GROUP) or plugin_modules(plugins):
         tasks, entries = _with_plugins(tasks, entries, plugins)
@@ -148,8 +152,7 @@ def _with_plugins(tasks: list[dict], entries: list[dict], plugins: list[str] | N
         if name not in listed:
             entries.append({"name": name, "description": cls.description,
                             "capabilities": ",".join(sorted(cls.capabilities)) or "-",
-                            "parameters": "; ".join(f"{k}={'|'.join(str(v).lower() for v in values)}"
-                                                    for k, values in cls.parameters.items()) or "-",
+                            "parameters": _grid_text(cls.parameters),
                             "origin": ORIGINS.get(name, cls.__module__)})
     for name, why in entry_failures().items():
         entries.append({"name": name, "description": f"FAILED TO LOAD: {why.splitlines()[-1]}", "capabilities": "-",
@@ -384,7 +387,7 @@ def check(
         get_preset(preset)
     except (UnknownTaskError, UnknownPresetError, UnknownEntryError, ValueError, ImportError) as exc:
         fail(str(exc))
-    from influence_bench.submission import check_submission, entry_numbers
+    from influence_bench.submission import check_submission
 
     start = time.perf_counter()
     try:
@@ -402,7 +405,7 @@ def check(
                     f"{outcome.seconds:.1f}", escape(outcome.message.splitlines()[0][:160] if outcome.message else ""))
     console.print(kit)
     if report.results is not None:
-        _print_submission_run(report, entry_numbers)
+        _print_submission_run(report)
     for note in report.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     console.print(f"{time.perf_counter() - start:.0f} s")
@@ -412,8 +415,11 @@ def check(
     console.print(f"[green]{escape(report.entry)} passed the kit" + (" and ran[/]" if report.results is not None else "[/]"))
 
 
-def _print_submission_run(report, entry_numbers) -> None:
+def _print_submission_run(report) -> None:
+    import pandas as pd
+
     from influence_bench.report.tables import rank_labels
+    from influence_bench.submission import entry_numbers
 
     if report.run_failed:
         err_console.print(f"[bold red]the run of {escape(report.entry)} failed ({report.results.statuses[report.entry]}):[/] "
@@ -429,7 +435,7 @@ def _print_submission_run(report, entry_numbers) -> None:
         return
     rank, total, shared = place
     ranking = report.ranking
-    labels = pd_series(rank_labels(ranking["rank"]), ranking.index)
+    labels = dict(zip(ranking.index, rank_labels(ranking["rank"])))
     console.print(f"rank [bold]{labels[report.entry]}[/] of {total} by tuned LDS@0.5 against "
                   f"{escape(report.ranked_against)}" + (" (a group: the paired intervals to its neighbours "
                                                           "include 0)" if shared else ""), highlight=False)
@@ -442,14 +448,10 @@ def _print_submission_run(report, entry_numbers) -> None:
     for name, row in window.iterrows():
         mark = "bold" if name == report.entry else ""
         cells = [labels[name], escape(name), f"{row.lds_tuned:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]",
-                 "" if pd_isna(row.diff_next) else f"{row.diff_next:+.3f} [{row.diff_low:+.3f}, {row.diff_high:+.3f}]",
+                 "" if pd.isna(row.diff_next) else f"{row.diff_next:+.3f} [{row.diff_low:+.3f}, {row.diff_high:+.3f}]",
                  str(row.verdict_next), f"{row.total_s:.1f}"]
         table.add_row(*(f"[{mark}]{c}[/]" if mark else c for c in cells))
     console.print(table)
-
-
-def pd_series(values, index):
-    return dict(zip(index, values))
 
 
 @app.command()
@@ -466,6 +468,8 @@ def compare(
     interval regresses beyond the old interval, one without beyond --atol + --rtol * |old|, and an entry that
     ran before regresses when it fails or is missing. Exits 1 when any quality metric regressed; time and
     memory are flagged with the leaderboard's margins but do not fail it."""
+    import pandas as pd
+
     from influence_bench.report import ReportError
     from influence_bench.report.compare import Tolerance, compare as compare_runs, direction_arrow
 
@@ -484,10 +488,10 @@ def compare(
     colours = {"regressed": "bold red", "failed": "bold red", "missing": "bold red", "improved": "green",
                "slower": "yellow", "more memory": "yellow", "faster": "green", "less memory": "green"}
     for row in shown.itertuples():
-        interval = "" if pd_isna(row.ci_low_old) else f"[{row.ci_low_old:.3g}, {row.ci_high_old:.3g}]"
+        interval = "" if pd.isna(row.ci_low_old) else f"[{row.ci_low_old:.3g}, {row.ci_high_old:.3g}]"
         old_text = row.status_old if row.metric == "status" else _number(row.old)
         new_text = row.status_new if row.metric == "status" else _number(row.new)
-        metric = row.metric + ("" if pd_isna(row.alpha) else f"@{row.alpha:g}")
+        metric = row.metric + ("" if pd.isna(row.alpha) else f"@{row.alpha:g}")
         metric += f" {row.track}" if row.track in ("fixed", "tuned") else ""
         metric += f" {direction_arrow(row.higher_is_better)}"
         style = colours.get(row.verdict, "")
@@ -502,7 +506,7 @@ def compare(
     console.print(", ".join(f"{n} {verdict}" for verdict, n in counts.items()))
     if result.failed:
         regressed = result.regressions
-        names = sorted({f"{r.entry} {r.metric}" + ("" if pd_isna(r.alpha) else f"@{r.alpha:g}") + f" ({r.track})"
+        names = sorted({f"{r.entry} {r.metric}" + ("" if pd.isna(r.alpha) else f"@{r.alpha:g}") + f" ({r.track})"
                         for r in regressed.itertuples()})
         fail(f"{len(regressed)} quality regression{'' if len(regressed) == 1 else 's'}: {'; '.join(names)}", code=1)
     console.print("[green]no quality regression[/]")
@@ -525,12 +529,8 @@ def baseline(
     console.print(f"baseline written to [bold]{out}[/]: {', '.join(p.name for p in written)}")
 
 
-def pd_isna(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
-
-
 def _number(value, signed: bool = False) -> str:
-    if pd_isna(value):
+    if value is None or value != value:  # None or NaN
         return ""
     return f"{value:+.4g}" if signed else f"{value:.4g}"
 

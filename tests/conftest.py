@@ -1,5 +1,6 @@
 import contextlib
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -70,6 +71,26 @@ def cache_dir(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("INFLUENCE_BENCH_CACHE", str(path))
     return path
+
+
+@contextlib.contextmanager
+def tiny_task_environment(root: Path):
+    """The tiny plugin task (tests/bench_plugins.py) registered here and importable in every entry's process,
+    a cache of its own under ``root``, and one torch thread here and in every entry's process: the tiny task's
+    products are small, and on a shared 2-core machine a second intra-op thread only waits for a core."""
+    import bench_plugins  # noqa: F401 - registers the tiny task (and the misbehaving entries) here too
+    from influence_bench.runner.isolation import THREADS_ENV
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+            mp.setenv("INFLUENCE_BENCH_CACHE", str(root / "cache"))
+            mp.setenv(THREADS_ENV, "1")
+            yield root
+    finally:
+        torch.set_num_threads(threads)
 
 
 def short_recipe(spec, epochs=3):

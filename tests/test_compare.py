@@ -2,15 +2,13 @@
 degraded entry is named, a run compared with itself passes, and a rank against a baseline equals the rank of
 one run of everything together."""
 
-import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import influence_bench
+from conftest import tiny_task_environment
 from influence_bench import schema
 from influence_bench.cli import app
 from influence_bench.entries import get_entry
@@ -18,24 +16,15 @@ from influence_bench.report.compare import Tolerance, compare, write_baseline
 from influence_bench.report.render import ReportError
 from influence_bench.submission import check_submission
 
-TESTS = Path(__file__).parent
 ENTRIES = ["identity", "diag-ggn", "kfac", "ggn"]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    import bench_plugins  # noqa: F401 - the tiny task
-
-    root = tmp_path_factory.mktemp("compare")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-        mp.setenv("INFLUENCE_BENCH_CACHE", str(root / "cache"))
+    with tiny_task_environment(tmp_path_factory.mktemp("compare")) as root:
         kwargs = dict(preset="smoke", isolate=False, progress=False, plugins=["bench_plugins"], loo=False)
         influence_bench.run("digits-tiny", ENTRIES, out=root / "old", **kwargs)
         yield root, kwargs
-    torch.set_num_threads(threads)
 
 
 def degraded(name: str, factor: float = 100.0):

@@ -2,8 +2,6 @@
 
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,15 +11,14 @@ from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 import influence_bench
+from conftest import tiny_task_environment
 from influence_bench import schema
 from influence_bench.cli import app
 from influence_bench.groundtruth import build_lds_groundtruth, get_preset, reference_model
 from influence_bench.groundtruth.lds import LDSGroundTruth
 from influence_bench.metrics.lds import lds
 from influence_bench.runner.evaluation import GRID_FACTORS, EvalSettings, dev_eval_split, tune
-from influence_bench.runner.isolation import THREADS_ENV
 
-TESTS = Path(__file__).parent
 CHAIN = ["ggn", "block-ggn", "ekfac", "kfac", "kfac-eigvals-in-block-basis", "identity"]
 # the fault-injection cases of one run (README "What a run survives"): entry -> its status
 MISBEHAVING = {"test-crashes": "error", "test-nan-scores": "invalid-output", "test-wrong-shape": "invalid-output",
@@ -35,19 +32,9 @@ def plugin_env(tmp_path_factory):
     """The plugin module importable here and in every entry's process; an own cache. Its tiny task and
     misbehaving entries stay registered for this module only (conftest's ``_module_registries`` removes them).
 
-    One torch thread here and in every entry's process: the tiny task's products are small, and on a shared
-    2-core machine a second intra-op thread only waits for a core (see test_matrix_free.py's ``one_thread``)."""
-    import bench_plugins  # noqa: F401 - registers the tiny task and the misbehaving entries here too
-
-    root = tmp_path_factory.mktemp("run")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-        mp.setenv("INFLUENCE_BENCH_CACHE", str(root / "cache"))
-        mp.setenv(THREADS_ENV, "1")
+    One torch thread here and in every entry's process (conftest's ``tiny_task_environment``)."""
+    with tiny_task_environment(tmp_path_factory.mktemp("run")) as root:
         yield root
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

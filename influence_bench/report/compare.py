@@ -40,8 +40,6 @@ BASELINE_FILES = (schema.RESULTS_FILE, schema.RESULTS_CSV, schema.BOOTSTRAP_FILE
 # what must agree for two runs to be comparable: the same task (fingerprint) and the same ground truth
 COMPARABLE = ("task", "task_version", "task_fingerprint", "preset", "n_masks", "n_seeds")
 
-VERDICTS = ("regressed", "failed", "skipped", "missing", "undefined", "improved", "new", "within interval",
-            "within tolerance", "unchanged", "slower", "faster", "more memory", "less memory", "changed")
 GATING = ("regressed", "failed", "skipped", "missing", "undefined")
 
 
