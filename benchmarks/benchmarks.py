@@ -85,11 +85,11 @@ class SpeedupExactGGN:
 
         p = self.problem
         start = time.perf_counter()
-        ours = exact_ggn(p.model, p.x_train)
+        ours = exact_ggn(p.model, p.x_train, p.loss)
         t_ours = time.perf_counter() - start
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            op = curvlinops_adapter.ggn_operator(p.model, p.x_train, p.y_train)
+            op = curvlinops_adapter.ggn_operator(p.model, p.x_train, p.y_train, p.loss)
             start = time.perf_counter()
             theirs = op @ torch.eye(p.n_params, dtype=torch.float64)
             t_theirs = time.perf_counter() - start

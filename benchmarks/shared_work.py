@@ -47,10 +47,10 @@ class ExactGGN(OnDigits):
         reset_peak_memory()
 
     def time_exact_ggn(self, cache):
-        exact_ggn(self.model, self.x_train)
+        exact_ggn(self.model, self.x_train, "cross-entropy")
 
     def peakmem_exact_ggn(self, cache):
         """The process's peak resident memory over the build (bytes), counted from the end of setup (see
         ``entries.EntryFit.peakmem_fit``): the interpreter, torch and the problem, then the matrix
         itself and the Jacobian chunks it is summed from."""
-        exact_ggn(self.model, self.x_train)
+        exact_ggn(self.model, self.x_train, "cross-entropy")

@@ -69,13 +69,13 @@ class RunResults:
 
 def default_entries() -> list[str]:
     """Every registered entry at its default point, then the points the paper's study compares: the
-    MC-Fisher rungs beside K-FAC and EK-FAC (PROTOCOL.md section 6) and the authors' configuration
-    (section 10); then every entry a plugin declared but that failed to load (a failure row each)."""
+    MC-Fisher rungs beside K-FAC and EK-FAC (PROTOCOL.md section 6), their ``reduce`` approximation of a
+    convolution (equal to ``expand`` without one) and the authors' configuration (section 10); then every entry a plugin declared but that failed to load (a failure row each)."""
     from influence_bench.entries import ENTRIES
     from influence_bench.metrics.decomposition import AUTHORS_ENTRIES
     from influence_bench.plugins import entry_failures
 
-    study = ("ekfac[fisher=mc]", "kfac[fisher=mc]", *AUTHORS_ENTRIES)
+    study = ("ekfac[fisher=mc]", "kfac[fisher=mc]", "kfac[approx=reduce]", "ekfac[approx=reduce]", *AUTHORS_ENTRIES)
     return list(dict.fromkeys([*ENTRIES, *study, *entry_failures()]))
 
 
@@ -193,7 +193,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     gt = build_lds_groundtruth(spec, chosen_preset, cache, device=device, progress=progress)
     loo_gt = build_loo_groundtruth(spec, chosen_preset, cache, device=device, progress=progress) if loo else None
     model = reference_model(spec, cache, device=device, say=lambda m: _say(m, progress))
-    problem = InfluenceProblem(model, spec.data, name=spec.key, dense_limit=dense_limit)
+    problem = InfluenceProblem.of_task(spec, model, dense_limit)
     _say(f"per-example gradients of {problem.n_train:,} training and {problem.n_test:,} test points "
          f"(P = {problem.n_params:,})", progress)
     start_wall, start_cpu = time.perf_counter(), time.process_time()

@@ -19,7 +19,8 @@ from torch import nn
 
 from influence_bench.curvature import exact
 from influence_bench.curvature.eigen import DenseEigenBlock, EigenCurvature
-from influence_bench.tasks.spec import TaskData
+from influence_bench.tasks.losses import Loss, get_loss
+from influence_bench.tasks.spec import TaskData, TaskSpec
 
 DENSE_LIMIT_ENV = "INFLUENCE_BENCH_DENSE_LIMIT"
 DEFAULT_DENSE_LIMIT = 10_000  # parameters: a dense float64 [P, P] matrix is 800 MB at this size
@@ -40,20 +41,33 @@ class InfluenceProblem:
     """model: the trained model (any dtype; kept as a float64 copy). data: the task's tensors.
 
     dense_limit: the largest parameter count for which dense [P, P] matrices are built
-    (default ``$INFLUENCE_BENCH_DENSE_LIMIT`` or 10,000).
+    (default ``$INFLUENCE_BENCH_DENSE_LIMIT`` or 10,000). loss: the task's training loss (its
+    ``spec.loss``; every curvature, gradient and measurement here is of it). mislabeled: [n_train]
+    bool, the training points whose label the task flipped (its ``spec.mislabeled``), or None.
     """
 
-    def __init__(self, model: nn.Module, data: TaskData, name: str = "problem", dense_limit: int | None = None):
+    def __init__(self, model: nn.Module, data: TaskData, name: str = "problem", dense_limit: int | None = None,
+                 loss: Loss | str = "cross-entropy", mislabeled: torch.Tensor | None = None):
         self.name = name
+        self.loss = get_loss(loss)
+        if mislabeled is not None and tuple(mislabeled.shape) != (data.n_train,):
+            raise ValueError(f"mislabeled has shape {tuple(mislabeled.shape)}; expected ({data.n_train},)")
+        self.mislabeled = None if mislabeled is None else torch.as_tensor(mislabeled, dtype=torch.bool)
         self.dense_limit = default_dense_limit() if dense_limit is None else int(dense_limit)
         self.model = copy.deepcopy(model).double().eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.x_train = data.x_train.double()
-        self.y_train = data.y_train
+        self.y_train = data.y_train.double() if data.y_train.is_floating_point() else data.y_train
         self.x_test = data.x_test.double()
-        self.y_test = data.y_test
+        self.y_test = data.y_test.double() if data.y_test.is_floating_point() else data.y_test
         self.checkpoints: list[tuple[float, nn.Module]] = []  # (learning rate, model): set by the harness
+
+    @classmethod
+    def of_task(cls, spec: TaskSpec, model: nn.Module, dense_limit: int | None = None) -> "InfluenceProblem":
+        """The problem of a task's trained model: its data, loss and flipped labels."""
+        return cls(model, spec.data, name=spec.key, dense_limit=dense_limit, loss=spec.loss,
+                   mislabeled=spec.mislabeled)
 
     @property
     def n_params(self) -> int:
@@ -104,14 +118,14 @@ class InfluenceProblem:
         """curvlinops' GGN of the mean training loss (matrix-free)."""
         from influence_bench.curvature import curvlinops_adapter
 
-        return curvlinops_adapter.ggn_operator(self.model, self.x_train, self.y_train)
+        return curvlinops_adapter.ggn_operator(self.model, self.x_train, self.y_train, self.loss)
 
     @cached_property
     def hessian_operator(self):
         """curvlinops' Hessian of the mean training loss (matrix-free)."""
         from influence_bench.curvature import curvlinops_adapter
 
-        return curvlinops_adapter.hessian_operator(self.model, self.x_train, self.y_train)
+        return curvlinops_adapter.hessian_operator(self.model, self.x_train, self.y_train, self.loss)
 
     @property
     def ggn_matvec(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -124,12 +138,12 @@ class InfluenceProblem:
     @cached_property
     def train_grads(self) -> torch.Tensor:
         """[n_train, P] per-example loss gradients at the trained parameters."""
-        return exact.per_example_gradients(self.model, self.x_train, self.y_train)
+        return exact.per_example_gradients(self.model, self.x_train, self.y_train, self.loss)
 
     @cached_property
     def test_grads(self) -> torch.Tensor:
         """[n_test, P]."""
-        return exact.per_example_gradients(self.model, self.x_test, self.y_test)
+        return exact.per_example_gradients(self.model, self.x_test, self.y_test, self.loss)
 
     # -- checkpoints of the training (for the entries that trace it) ----------------------------
     def set_checkpoints(self, models: list[nn.Module], learning_rates: list[float]) -> None:
@@ -157,7 +171,7 @@ class InfluenceProblem:
     def ggn(self) -> torch.Tensor:
         """[P, P] exact GGN of the mean training loss (below the dense limit only)."""
         self._require_dense("the dense GGN")
-        return exact.exact_ggn(self.model, self.x_train)
+        return exact.exact_ggn(self.model, self.x_train, self.loss)
 
     @cached_property
     def ggn_layer_blocks(self) -> list[torch.Tensor]:
@@ -171,20 +185,20 @@ class InfluenceProblem:
             return [self.ggn[s, s] for s in slices]
         if by == "layer" and "ggn_layer_blocks" in self.__dict__:
             return self.__dict__["ggn_layer_blocks"]
-        return exact.exact_ggn_blocks(self.model, self.x_train, slices)
+        return exact.exact_ggn_blocks(self.model, self.x_train, slices, self.loss)
 
     @cached_property
     def ggn_diagonal(self) -> torch.Tensor:
         """[P] diagonal of the GGN (from it when it exists, else computed alone)."""
         if "ggn" in self.__dict__:
             return torch.diagonal(self.ggn).clone()
-        return exact.exact_ggn_diagonal(self.model, self.x_train)
+        return exact.exact_ggn_diagonal(self.model, self.x_train, self.loss)
 
     @cached_property
     def hessian(self) -> torch.Tensor:
         """[P, P] exact Hessian of the mean training loss (below the dense limit only)."""
         self._require_dense("the dense Hessian")
-        return exact.exact_hessian(self.model, self.x_train, self.y_train)
+        return exact.exact_hessian(self.model, self.x_train, self.y_train, self.loss)
 
     # -- sharing the dense matrices between the processes of a run ---------------------------------
     SHAREABLE = ("ggn", "hessian")

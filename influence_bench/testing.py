@@ -76,11 +76,12 @@ def _digits_slice_problem(layer_sizes: tuple[int, ...], name: str, checkpoint_ep
     """digits with an MLP of ``layer_sizes``, 96 training and 12 test points, trained 30 epochs (seed 0); the
     checkpoints after ``checkpoint_epochs`` and the final model, for the entries that trace training."""
     from influence_bench.tasks import get_task
+    from influence_bench.tasks.models import MLP
     from influence_bench.tasks.spec import TaskData
     from influence_bench.training import train_batched, train_single
 
     digits = get_task("digits-mlp")
-    spec = dataclasses.replace(digits, name=f"digits-{name}", layer_sizes=layer_sizes)
+    spec = dataclasses.replace(digits, name=f"digits-{name}", model=MLP(layer_sizes))
     d = digits.data
     data = TaskData(d.x_train[:96], d.y_train[:96], d.x_test[:12], d.y_test[:12])
     recipe = dataclasses.replace(spec.recipe, epochs=30)

@@ -10,6 +10,7 @@ import torch
 from influence_bench.curvature.eigen import EigenCurvature
 from influence_bench.entries import EigenEntry, Entry, register
 from influence_bench.tasks import get_task, register_task
+from influence_bench.tasks.models import MLP
 
 
 def _first_240_digits():
@@ -19,7 +20,7 @@ def _first_240_digits():
 
 TINY = register_task(dataclasses.replace(
     get_task("digits-mlp"), name="digits-tiny", description="test task: 240 digits, MLP 64-6-5-10",
-    layer_sizes=(64, 6, 5, 10), load_arrays=_first_240_digits,
+    model=MLP((64, 6, 5, 10)), load_arrays=_first_240_digits,
 ))
 
 

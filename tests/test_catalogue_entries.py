@@ -54,9 +54,9 @@ def test_trak_over_checkpoints_averages_each_checkpoints_own_projected_influence
     for _, model in problem.checkpoints:  # brute force: each checkpoint's dense GGN and gradients
         from influence_bench.curvature import exact
 
-        g = exact.exact_ggn(model, problem.x_train)
-        train = exact.per_example_gradients(model, problem.x_train, problem.y_train)
-        test = exact.per_example_gradients(model, problem.x_test, problem.y_test)
+        g = exact.exact_ggn(model, problem.x_train, problem.loss)
+        train = exact.per_example_gradients(model, problem.x_train, problem.y_train, problem.loss)
+        test = exact.per_example_gradients(model, problem.x_test, problem.y_test, problem.loss)
         kernel = r @ g @ r.T
         expected = expected - (test @ r.T) @ torch.linalg.solve(kernel + damping * torch.eye(256, dtype=torch.float64),
                                                                 r @ train.T)
@@ -70,8 +70,8 @@ def test_tracin_with_one_checkpoint_is_the_learning_rate_weighted_gradient_dot_p
     assert torch.allclose(last.scores(problem), -lr * problem.test_grads @ problem.train_grads.T, rtol=1e-10, atol=0)
     from influence_bench.curvature import exact
 
-    expected = sum(-rate * exact.per_example_gradients(m, problem.x_test, problem.y_test)
-                   @ exact.per_example_gradients(m, problem.x_train, problem.y_train).T for rate, m in problem.checkpoints)
+    expected = sum(-rate * exact.per_example_gradients(m, problem.x_test, problem.y_test, problem.loss)
+                   @ exact.per_example_gradients(m, problem.x_train, problem.y_train, problem.loss).T for rate, m in problem.checkpoints)
     assert relative(TracIn().fit(problem).scores(problem), expected) < 1e-12
     assert len(problem.checkpoints) == 3 and relative(expected, last.scores(problem)) > 1e-2  # the earlier ones count
 

@@ -101,7 +101,7 @@ def test_kfac_type2_on_one_data_point_is_the_exact_layer_block(tiny_problem):
 
 
 def test_kronecker_factors_are_mean_loss_covariances(tiny_problem):
-    (a, g), *_ = curvlinops_adapter.kronecker_factors(tiny_problem.model, tiny_problem.x_train, tiny_problem.y_train)
+    (a, g), *_ = curvlinops_adapter.kronecker_factors(tiny_problem.model, tiny_problem.x_train, tiny_problem.y_train, tiny_problem.loss)
     x = torch.cat([tiny_problem.x_train, torch.ones(tiny_problem.n_train, 1, dtype=torch.float64)], dim=1)
     assert torch.allclose(a, x.T @ x / tiny_problem.n_train, atol=1e-12)
 

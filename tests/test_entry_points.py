@@ -33,7 +33,7 @@ def test_kronecker_points_match_curvlinops_own_operator(name, point, tiny_proble
     """The eigen form applied to vectors equals curvlinops' K-FAC / EK-FAC operator with the same settings."""
     p = tiny_problem
     make = {"kfac": curvlinops_adapter.kfac_operator, "ekfac": curvlinops_adapter.ekfac_operator}[name]
-    op = make(p.model, p.x_train, p.y_train, point["fisher"], point["separate"], point.get("samples", 1))
+    op = make(p.model, p.x_train, p.y_train, p.loss, point["fisher"], point["separate"], point.get("samples", 1))
     v = _vectors(p)
     entry = get_entry(name)(**point).fit(p)
     assert _close(entry.curvature_matvec(v), _apply(op, v))
@@ -56,7 +56,7 @@ def test_fisher_types_and_separation_change_the_curvature(tiny_problem):
 def test_kfac_inverse_matches_curvlinops_inverse(separate, heuristic, tiny_problem):
     """exact damping and the heuristic pi-damping, each against KFACInverseLinearOperator."""
     p = tiny_problem
-    op = curvlinops_adapter.kfac_operator(p.model, p.x_train, p.y_train, "mc", separate)
+    op = curvlinops_adapter.kfac_operator(p.model, p.x_train, p.y_train, p.loss, "mc", separate)
     v = _vectors(p)
     damping = 1e-2
     theirs = _apply(curvlinops_adapter.kfac_inverse_operator(op, damping, heuristic), v)
@@ -76,8 +76,8 @@ def test_heuristic_damping_differs_from_exact(tiny_problem):
 @pytest.mark.parametrize("name", ["block-ggn", "block-hessian"])
 def test_blocks_per_tensor_are_curvlinops_matrix_restricted_to_each_tensor(name, tiny_problem):
     p = tiny_problem
-    op = curvlinops_adapter.ggn_operator(p.model, p.x_train, p.y_train) if name == "block-ggn" else \
-        curvlinops_adapter.hessian_operator(p.model, p.x_train, p.y_train)
+    op = curvlinops_adapter.ggn_operator(p.model, p.x_train, p.y_train, p.loss) if name == "block-ggn" else \
+        curvlinops_adapter.hessian_operator(p.model, p.x_train, p.y_train, p.loss)
     full = _apply(op, torch.eye(p.n_params, dtype=torch.float64))
     expected = torch.zeros_like(full)
     for s in p.tensor_slices:
@@ -91,7 +91,7 @@ def test_blocks_per_tensor_are_curvlinops_matrix_restricted_to_each_tensor(name,
 @pytest.mark.parametrize("negative", ["zero", "abs", "keep"])
 def test_hessian_treatments_of_negative_eigenvalues(negative, tiny_problem):
     p = tiny_problem
-    dense = _apply(curvlinops_adapter.hessian_operator(p.model, p.x_train, p.y_train),
+    dense = _apply(curvlinops_adapter.hessian_operator(p.model, p.x_train, p.y_train, p.loss),
                    torch.eye(p.n_params, dtype=torch.float64))
     lam, q = torch.linalg.eigh((dense + dense.T) / 2)
     assert (lam < -1e-4).sum() > 0  # the tiny problem has negative directions, or this test shows nothing
@@ -118,7 +118,7 @@ def test_points_have_canonical_names():
 
 @pytest.mark.parametrize(("name", "message"), [
     ("kfac[fisher=mcc]", "fisher takes type-2, mc, empirical"),
-    ("kfac[damping=1]", "has no parameter 'damping'; its parameters: fisher, samples, separate, inverse"),
+    ("kfac[damping=1]", "has no parameter 'damping'; its parameters: fisher, samples, separate, approx, inverse"),
     ("kfac[samples=4]", "samples applies to fisher=mc only"),
     ("kfac[fisher]", "write param=value"),
     ("kfac[fisher=mc,fisher=mc]", "given twice"),
@@ -131,7 +131,7 @@ def test_bad_points_say_what_is_valid(name, message):
 
 def test_grid_lists_every_valid_point_and_the_mc_variants_are_points():
     points = get_entry("kfac").grid()
-    assert len(points) == (2 + 3) * 2 * 2  # (type-2, empirical, mc x 3 sample counts) x separate x inverse
+    assert len(points) == (2 + 3) * 2 * 2 * 2  # (type-2, empirical, mc x 3 sample counts) x separate x approx x inverse
     assert "kfac-mc" not in ENTRIES and make_entry("kfac[fisher=mc]").params["fisher"] == "mc"
 
 

@@ -24,7 +24,7 @@ def _mean_loss(problem):
 def test_exact_ggn_equals_curvlinops_operator(tiny_problem):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        op = curvlinops_adapter.ggn_operator(tiny_problem.model, tiny_problem.x_train, tiny_problem.y_train)
+        op = curvlinops_adapter.ggn_operator(tiny_problem.model, tiny_problem.x_train, tiny_problem.y_train, tiny_problem.loss)
     reference = op @ torch.eye(tiny_problem.n_params, dtype=torch.float64)
     ggn = tiny_problem.ggn
     assert torch.linalg.norm(ggn - reference) / torch.linalg.norm(reference) < 1e-8
@@ -74,7 +74,7 @@ def test_ggn_blocks_and_diagonal_computed_alone_match_the_full_ggn(tiny_problem)
     from influence_bench.curvature.exact import exact_ggn_blocks, exact_ggn_diagonal
 
     p = tiny_problem
-    blocks = exact_ggn_blocks(p.model, p.x_train, p.layer_slices, chunk=17)
+    blocks = exact_ggn_blocks(p.model, p.x_train, p.layer_slices, p.loss, chunk=17)
     for block, s in zip(blocks, p.layer_slices):
         assert torch.allclose(block, p.ggn[s, s], atol=1e-14)
-    assert torch.allclose(exact_ggn_diagonal(p.model, p.x_train, chunk=17), torch.diagonal(p.ggn), atol=1e-14)
+    assert torch.allclose(exact_ggn_diagonal(p.model, p.x_train, p.loss, chunk=17), torch.diagonal(p.ggn), atol=1e-14)

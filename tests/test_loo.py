@@ -15,6 +15,7 @@ from influence_bench.groundtruth import (
 )
 from influence_bench.metrics.loo import loo_correlations, loo_noise_ceiling, loo_per_point, loo_rows
 from influence_bench.training import train_single
+from influence_bench.tasks.losses import CROSS_ENTROPY
 from influence_bench.training.single import per_example_loss
 
 # 3 removed points x 2 seeds, one epoch, one removed point per chunk: 3 removal chunks and the full-data chunk
@@ -63,10 +64,10 @@ def test_loo_and_full_models_equal_single_model_training(digits, digits_data, bu
     member = everything.clone()
     member[int(built.removed[k])] = False
     model = train_single(digits, digits_data, member, seed, recipe)
-    expected = per_example_loss(model, digits_data.x_test, digits_data.y_test).numpy()
+    expected = per_example_loss(model, digits_data.x_test, digits_data.y_test, CROSS_ENTROPY).numpy()
     np.testing.assert_allclose(built.losses_without[k, seed], expected, atol=1e-5)
     full = train_single(digits, digits_data, everything, 0, recipe)
-    expected = per_example_loss(full, digits_data.x_test, digits_data.y_test).numpy()
+    expected = per_example_loss(full, digits_data.x_test, digits_data.y_test, CROSS_ENTROPY).numpy()
     np.testing.assert_allclose(built.losses_full[0], expected, atol=1e-5)
 
 

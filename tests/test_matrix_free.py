@@ -90,12 +90,12 @@ def _counting(operator, calls):
 def test_lissa_minibatch_ggn_is_curvlinops_ggn(tiny_problem, rows):
     p = tiny_problem
     x, y = p.x_train[10:26], p.y_train[10:26]
-    batch = curvlinops_adapter.ggn_operator(p.model, x, y)
+    batch = curvlinops_adapter.ggn_operator(p.model, x, y, p.loss)
     expected = curvlinops_adapter.rows_matvec(batch)(rows)
-    assert relative_error(lissa.minibatch_ggn(p.model)(x, rows), expected) < 1e-12
+    assert relative_error(lissa.minibatch_ggn(p.model, p.loss)(x, rows), expected) < 1e-12
     dense = curvlinops_adapter.rows_matvec(batch)(torch.eye(p.n_params, dtype=torch.float64))
     top = float(torch.linalg.eigvalsh(dense)[-1])
-    assert abs(lissa.minibatch_top_eigenvalue(p.model, x) - top) < 1e-10 * top
+    assert abs(lissa.minibatch_top_eigenvalue(p.model, x, p.loss) - top) < 1e-10 * top
 
 
 def test_lissa_full_batch_is_the_truncated_neumann_series(tiny_problem, rows):

@@ -59,7 +59,8 @@ def test_built_ins_are_entry_points_in_the_chain_order():
         assert ENTRIES[name].__module__ == module and ENTRIES[name].__name__ == attribute
         assert ORIGINS[name] == f"{value} (entry point of influence_bench {distribution('influence_bench').version})"
     tasks = {ep.name for ep in distribution("influence_bench").entry_points.select(group=plugins.TASK_GROUP)}
-    assert tasks == {"digits-mlp", "digits-mlp-cosine", "digits-logreg"} and tasks <= set(TASKS)
+    assert tasks == {"digits-mlp", "digits-mlp-cosine", "digits-logreg", "digits-cnn", "diabetes-mlp", "digits-mlp-noisy",
+                     "wide-mlp"} and tasks <= set(TASKS)
 
 
 def test_an_entry_point_that_fails_to_import_is_kept_with_its_traceback(monkeypatch, clean_failures):

@@ -15,6 +15,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from influence_bench.problem import InfluenceProblem
+from influence_bench.tasks.models import MLP
 from influence_bench.tasks import get_task
 from influence_bench.tasks.spec import TaskData
 
@@ -48,5 +49,5 @@ def digits_problem(digits_mlp) -> InfluenceProblem:
 @pytest.fixture(scope="session")
 def small_problem(digits_mlp) -> InfluenceProblem:
     """A small MLP on digits (64-32-10, P = 2,410), seed-0 weights, 256 training and 64 test points."""
-    spec = dataclasses.replace(digits_mlp, layer_sizes=SMALL_LAYERS)
+    spec = dataclasses.replace(digits_mlp, model=MLP(SMALL_LAYERS))
     return InfluenceProblem(spec.init_model(0), subset(digits_mlp.data, N_TRAIN, N_TEST), name="digits-small-mlp")

@@ -20,14 +20,14 @@ def test_per_example_gradients(benchmark, digits_problem):
     them once. All of them: a smaller output (27 MB at 512 points) sits at glibc's mmap threshold and
     page-faults on some calls only (+10 to 30 ms each here), which made the timing bimodal."""
     p = digits_problem
-    grads = benchmark(per_example_gradients, p.model, p.x_train, p.y_train)
+    grads = benchmark(per_example_gradients, p.model, p.x_train, p.y_train, p.loss)
     assert grads.shape == (p.n_train, p.n_params)
 
 
 def test_exact_ggn_small_mlp(benchmark, small_problem):
     """[2410, 2410]: the dense exact GGN of the small MLP over 256 points (stacked Jacobians, syrk)."""
     p = small_problem
-    ggn = benchmark(exact_ggn, p.model, p.x_train)
+    ggn = benchmark(exact_ggn, p.model, p.x_train, p.loss)
     assert ggn.shape == (p.n_params, p.n_params)
 
 

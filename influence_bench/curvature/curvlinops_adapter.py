@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from influence_bench.curvature.eigen import DenseEigenBlock, EigenCurvature, KroneckerEigenBlock
+from influence_bench.tasks.losses import Loss, get_loss
 
 with warnings.catch_warnings():
     # curvlinops imports linear_operator, which warns about torch.jit.script at import time
@@ -43,8 +44,12 @@ def _batches(x: torch.Tensor, y: torch.Tensor, size: int = DATA_BATCH) -> list[t
     return [(x[i : i + size], y[i : i + size]) for i in range(0, x.shape[0], size)]
 
 
-def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+def _linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers with parameters, nn.Linear and nn.Conv2d (a convolution's block acts on its weight
+    flattened to [out, in * kh * kw], the bias joined as one more column)."""
+    from influence_bench.curvature.exact import LAYER_TYPES
+
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
 
 
 def _differentiable(model: nn.Module) -> nn.Module:
@@ -55,22 +60,24 @@ def _differentiable(model: nn.Module) -> nn.Module:
     return model
 
 
-def _loss() -> nn.Module:
-    return nn.CrossEntropyLoss(reduction="mean")
+def _loss(loss: Loss | str) -> nn.Module:
+    """The task's loss as the ``torch.nn`` module curvlinops takes (mean reduction)."""
+    return get_loss(loss).module()
 
 
 # -- operators of the mean training loss --------------------------------------------------------
-def ggn_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = DATA_BATCH) -> GGNLinearOperator:
-    """curvlinops' matrix-free GGN of the mean cross-entropy."""
+def ggn_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss | str,
+                 batch: int = DATA_BATCH) -> GGNLinearOperator:
+    """curvlinops' matrix-free GGN of the mean loss."""
     model = _differentiable(model)
-    return GGNLinearOperator(model, _loss(), list(model.parameters()), _batches(x, y, batch),
+    return GGNLinearOperator(model, _loss(loss), list(model.parameters()), _batches(x, y, batch),
                              check_deterministic=False, num_data=x.shape[0])
 
 
-def hessian_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> HessianLinearOperator:
-    """curvlinops' matrix-free Hessian of the mean cross-entropy."""
+def hessian_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss | str) -> HessianLinearOperator:
+    """curvlinops' matrix-free Hessian of the mean loss."""
     model = _differentiable(model)
-    return HessianLinearOperator(model, _loss(), list(model.parameters()), _batches(x, y),
+    return HessianLinearOperator(model, _loss(loss), list(model.parameters()), _batches(x, y),
                                  check_deterministic=False, num_data=x.shape[0])
 
 
@@ -155,8 +162,13 @@ def squared_fro_estimate(operator: PyTorchLinearOperator, num_matvecs: int = 50,
 
 
 # -- K-FAC and EK-FAC, as Kronecker eigen forms --------------------------------------------------
-def _kfac_kwargs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str, separate: bool = False,
-                 mc_samples: int = 1) -> dict:
+KFAC_APPROX = ("expand", "reduce")  # K-FAC of a weight-sharing layer (Eschenhagen et al. 2023); equal on nn.Linear
+
+
+def _kfac_kwargs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss | str, fisher: str,
+                 separate: bool = False, mc_samples: int = 1, approx: str = "expand") -> dict:
+    if approx not in KFAC_APPROX:
+        raise ValueError(f"unknown K-FAC approximation {approx!r}; use one of {', '.join(KFAC_APPROX)}")
     if fisher not in FISHER_TYPES:
         raise ValueError(f"unknown Fisher type {fisher!r}; use one of {sorted(FISHER_TYPES)}")
     if mc_samples != 1 and fisher != "mc":
@@ -164,11 +176,12 @@ def _kfac_kwargs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str
     model = _differentiable(model)
     return dict(
         model_func=model,
-        loss_func=_loss(),
+        loss_func=_loss(loss),
         params=[p for p in model.parameters()],
         data=_batches(x, y),
         fisher_type=FISHER_TYPES[fisher],
         mc_samples=mc_samples,
+        kfac_approx=approx,
         separate_weight_and_bias=separate,
         check_deterministic=False,
         num_data=x.shape[0],
@@ -176,15 +189,15 @@ def _kfac_kwargs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str
     )
 
 
-def kfac_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2",
-                  separate: bool = False, mc_samples: int = 1) -> KFACLinearOperator:
+def kfac_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss | str, fisher: str = "type-2",
+                  separate: bool = False, mc_samples: int = 1, approx: str = "expand") -> KFACLinearOperator:
     """curvlinops' own K-FAC operator (the reference the suite's eigen forms are tested against)."""
-    return KFACLinearOperator(**_kfac_kwargs(model, x, y, fisher, separate, mc_samples))
+    return KFACLinearOperator(**_kfac_kwargs(model, x, y, loss, fisher, separate, mc_samples, approx))
 
 
-def ekfac_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2",
-                   separate: bool = False, mc_samples: int = 1) -> EKFACLinearOperator:
-    return EKFACLinearOperator(**_kfac_kwargs(model, x, y, fisher, separate, mc_samples))
+def ekfac_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss | str, fisher: str = "type-2",
+                   separate: bool = False, mc_samples: int = 1, approx: str = "expand") -> EKFACLinearOperator:
+    return EKFACLinearOperator(**_kfac_kwargs(model, x, y, loss, fisher, separate, mc_samples, approx))
 
 
 def kfac_inverse_operator(kfac: KFACLinearOperator, damping: float, heuristic: bool) -> PyTorchLinearOperator:
@@ -193,12 +206,12 @@ def kfac_inverse_operator(kfac: KFACLinearOperator, damping: float, heuristic: b
                                      use_exact_damping=not heuristic)
 
 
-def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2",
-                      separate: bool = False, mc_samples: int = 1):
+def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss | str, fisher: str = "type-2",
+                      separate: bool = False, mc_samples: int = 1, approx: str = "expand"):
     """Per layer (A, G) for the MEAN loss. Joint: A = E[a a^T] of the input augmented with a 1
     [in+1, in+1] (block G (x) A on ``[W | b]``); separate: A of the plain input [in, in] for W, and
     the bias block is G alone."""
-    kfac = kfac_operator(model, x, y, fisher, separate, mc_samples)
+    kfac = kfac_operator(model, x, y, loss, fisher, separate, mc_samples, approx)
     kfac.compute_kronecker_factors()
     state = kfac.state_dict()
     return [(state["input_covariances"][name], state["gradient_covariances"][name]) for name, _ in _linears(model)]
@@ -220,12 +233,12 @@ def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.linalg.eigh(matrix.to(torch.float64))
 
 
-def kfac_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2",
-                   separate: bool = False, mc_samples: int = 1) -> EigenCurvature:
+def kfac_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss | str, fisher: str = "type-2",
+                   separate: bool = False, mc_samples: int = 1, approx: str = "expand") -> EigenCurvature:
     """K-FAC in eigen form: per layer Q_G (x) Q_A with eigenvalues lam_G (x) lam_A (separate: the
     weight's block G (x) A and the bias's block G)."""
     blocks: list = []
-    for (_, linear), (a, g) in zip(_linears(model), kronecker_factors(model, x, y, fisher, separate, mc_samples)):
+    for (_, linear), (a, g) in zip(_linears(model), kronecker_factors(model, x, y, loss, fisher, separate, mc_samples, approx)):
         lam_a, q_a = _eigh(a)
         lam_g, q_g = _eigh(g)
         joint = linear.bias is not None and not separate
@@ -235,10 +248,10 @@ def kfac_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: s
     return EigenCurvature(_tensor_slices(model) if separate else _layer_slices(model), blocks)
 
 
-def ekfac_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fisher: str = "type-2",
-                    separate: bool = False, mc_samples: int = 1) -> EigenCurvature:
+def ekfac_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss | str, fisher: str = "type-2",
+                    separate: bool = False, mc_samples: int = 1, approx: str = "expand") -> EigenCurvature:
     """EK-FAC: the K-FAC eigenbasis with curvlinops' corrected eigenvalues diag(Q^T F Q) per block."""
-    ekfac = ekfac_operator(model, x, y, fisher, separate, mc_samples)
+    ekfac = ekfac_operator(model, x, y, loss, fisher, separate, mc_samples, approx)
     ekfac.compute_kronecker_factors()
     ekfac.compute_eigenvalue_correction()
     state = ekfac.state_dict()

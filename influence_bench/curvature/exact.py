@@ -1,17 +1,19 @@
 """Exact quantities of a trained model, computed once with torch.func and shared by every entry.
 
 Parameters are ordered as ``model.parameters()`` and flattened row-major: W1, b1, W2, b2, ...
-All results are float64.
+All results are float64. Every function that involves the loss is given the task's ``Loss``
+(``tasks.losses``): nothing here assumes cross-entropy.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.linalg.blas import dsyrk
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vjp, vmap
+
+from influence_bench.tasks.losses import Loss, get_loss
 
 Params = dict[str, torch.Tensor]
 
@@ -32,11 +34,14 @@ def unflatten(vector: torch.Tensor, like: Params) -> Params:
     return out
 
 
+LAYER_TYPES = (nn.Linear, nn.Conv2d)  # the layers with parameters (K-FAC's, curvlinops' supported ones)
+
+
 def layer_slices(model: nn.Module) -> list[slice]:
-    """One slice per nn.Linear (weight and bias together) in the flattened parameter vector."""
+    """One slice per nn.Linear or nn.Conv2d (weight and bias together) in the flattened parameter vector."""
     slices, start = [], 0
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, LAYER_TYPES):
             size = module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
             slices.append(slice(start, start + size))
             start += size
@@ -57,15 +62,17 @@ def _chunks(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
-def per_example_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """g_i = grad of the cross-entropy of example i at the trained parameters: [n, P]."""
+def per_example_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss | str,
+                          chunk: int = 512) -> torch.Tensor:
+    """g_i = grad of the loss of example i at the trained parameters: [n, P]."""
     params = named_params(model)
+    loss = get_loss(loss)
 
-    def loss(p: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, p, (xi.unsqueeze(0),))
-        return F.cross_entropy(logits, yi.unsqueeze(0))
+    def loss_of(p: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        outputs = functional_call(model, p, (xi.unsqueeze(0),))
+        return loss.mean(outputs, yi.unsqueeze(0))
 
-    per_example = vmap(grad(loss), in_dims=(None, 0, 0))
+    per_example = vmap(grad(loss_of), in_dims=(None, 0, 0))
     rows = []
     for part in _chunks(x.shape[0], chunk):
         g = per_example(params, x[part], y[part])
@@ -84,15 +91,7 @@ def per_example_jacobians(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([t.reshape(t.shape[0], t.shape[1], -1) for t in jac.values()], dim=2)
 
 
-def softmax_hessian_sqrt(logits: torch.Tensor) -> torch.Tensor:
-    """S_n with S_n S_n^T = diag(p_n) - p_n p_n^T (the cross-entropy Hessian in the logits):
-    S = diag(sqrt p) - p sqrt(p)^T. logits: [n, C] -> [n, C, C]."""
-    p = torch.softmax(logits, dim=-1)
-    s = p.sqrt()
-    return torch.diag_embed(s) - p.unsqueeze(2) * s.unsqueeze(1)
-
-
-def _ggn_sqrt_rows(model: nn.Module, x: torch.Tensor, chunk: int):
+def _ggn_sqrt_rows(model: nn.Module, x: torch.Tensor, loss: Loss | str, chunk: int):
     """Chunks of B = [S_n^T J_n]_n ([chunk * C, P]): the GGN of the summed loss is B^T B."""
     if next(model.parameters()).dtype != torch.float64:
         raise TypeError("the exact GGN is computed in float64: pass model.double() and float64 inputs")
@@ -101,7 +100,7 @@ def _ggn_sqrt_rows(model: nn.Module, x: torch.Tensor, chunk: int):
         all_logits = model(x)
     for part in _chunks(x.shape[0], chunk):
         jac = per_example_jacobians(model, x[part])  # [c, C, P]
-        sqrt_h = softmax_hessian_sqrt(all_logits[part])  # [c, C, C]
+        sqrt_h = get_loss(loss).hessian_sqrt(all_logits[part])  # [c, C, C]
         yield torch.einsum("nck,ncp->nkp", sqrt_h, jac).reshape(-1, n_params)
 
 
@@ -117,29 +116,31 @@ def _syrk_sums(rows, slices: list[slice]) -> list[torch.Tensor]:
     return [torch.from_numpy(np.triu(u) + np.triu(u, 1).T) for u in uppers]
 
 
-def exact_ggn(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """GGN of the MEAN cross-entropy: (1/n) sum_n J_n^T H_n J_n, from stacked per-example Jacobians.
+def exact_ggn(model: nn.Module, x: torch.Tensor, loss: Loss | str, chunk: int = 256) -> torch.Tensor:
+    """GGN of the MEAN loss: (1/n) sum_n J_n^T H_n J_n, from stacked per-example Jacobians.
 
     With H_n = S_n S_n^T each chunk contributes B^T B for B = [S_n^T J_n]_n stacked: one symmetric
     rank-k update per chunk instead of one matrix-vector product per column.
     """
     n_params = sum(p.numel() for p in model.parameters())
-    (ggn,) = _syrk_sums(_ggn_sqrt_rows(model, x, chunk), [slice(0, n_params)])
+    (ggn,) = _syrk_sums(_ggn_sqrt_rows(model, x, loss, chunk), [slice(0, n_params)])
     return ggn.div_(x.shape[0])
 
 
-def exact_ggn_blocks(model: nn.Module, x: torch.Tensor, slices: list[slice], chunk: int = 256) -> list[torch.Tensor]:
+def exact_ggn_blocks(model: nn.Module, x: torch.Tensor, slices: list[slice], loss: Loss | str,
+                     chunk: int = 256) -> list[torch.Tensor]:
     """The diagonal blocks G[s, s] of the exact GGN, without the rest of the matrix."""
-    return [block.div_(x.shape[0]) for block in _syrk_sums(_ggn_sqrt_rows(model, x, chunk), slices)]
+    return [block.div_(x.shape[0]) for block in _syrk_sums(_ggn_sqrt_rows(model, x, loss, chunk), slices)]
 
 
-def exact_ggn_diagonal(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def exact_ggn_diagonal(model: nn.Module, x: torch.Tensor, loss: Loss | str, chunk: int = 256) -> torch.Tensor:
     """diag(G) = (1/n) sum of the squared columns of B: [P]."""
-    return sum(b.square().sum(0) for b in _ggn_sqrt_rows(model, x, chunk)) / x.shape[0]
+    return sum(b.square().sum(0) for b in _ggn_sqrt_rows(model, x, loss, chunk)) / x.shape[0]
 
 
-def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> torch.Tensor:
-    """Hessian of the MEAN cross-entropy: [P, P].
+def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss | str,
+                  chunk: int = 128) -> torch.Tensor:
+    """Hessian of the MEAN loss: [P, P].
 
     Reverse over reverse: the graph of the gradient is built once (``vjp``) and pulled back along
     ``chunk`` unit vectors at a time (vmap), each pull-back giving one row of the Hessian.
@@ -147,8 +148,10 @@ def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int
     params = named_params(model)
     flat = flatten(params)
 
+    loss = get_loss(loss)
+
     def mean_loss(v: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(model, unflatten(v, params), (x,)), y)
+        return loss.mean(functional_call(model, unflatten(v, params), (x,)), y)
 
     _, pullback = vjp(grad(mean_loss), flat)
     eye = torch.eye(flat.numel(), dtype=flat.dtype)

@@ -52,7 +52,7 @@ class CG(Entry):
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; use one of {', '.join(SOLVERS)}")
         self.operator_ = problem.ggn_operator
-        self.ggn_of_ = (problem.model, problem.x_train, problem.y_train)  # what rebuilds operator_ after unpickling
+        self.ggn_of_ = (problem.model, problem.x_train, problem.y_train, problem.loss)  # what rebuilds operator_ after unpickling
         self.iterations_ = []  # the largest CG iteration count of each inverse call
         self.krylov_ = {}  # row key -> its Lanczos run (solver "lanczos")
         return self

@@ -19,6 +19,6 @@ class EKFAC(KroneckerEntry):
     description = "EK-FAC (curvlinops): Kronecker eigenbasis, eigenvalues diag(Q^T G Q)"
 
     def fit(self, problem):
-        self.eigen_ = curvlinops_adapter.ekfac_curvature(problem.model, problem.x_train, problem.y_train,
+        self.eigen_ = curvlinops_adapter.ekfac_curvature(problem.model, problem.x_train, problem.y_train, problem.loss,
                                                          **self.factor_args())
         return self

@@ -178,9 +178,13 @@ class EKFACKronfluence(EigenEntry):
             import kronfluence  # noqa: F401
         except ImportError:
             return INSTALL_HINT
+        if problem.loss.name != "cross-entropy":
+            return (f"the kronfluence Task here is a classifier's (summed cross-entropy, labels sampled from the "
+                    f"softmax); this task's loss is {problem.loss.name}")
         covered = sum(p.numel() for _, m in _linears(problem.model) for p in m.parameters())
         if covered != problem.n_params:
-            return "kronfluence's EK-FAC here covers nn.Linear layers only, and the model has other parameters"
+            return ("kronfluence's EK-FAC here covers nn.Linear layers only, and the model has other parameters "
+                    "(a convolution's patches are not unfolded as curvlinops' are)")
         return None
 
     def fit(self, problem):

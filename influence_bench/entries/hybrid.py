@@ -23,7 +23,7 @@ class KFACEigvalsInBlockBasis(DenseEntry):
 
     def fit(self, problem):
         block = EigenCurvature.from_dense_blocks(problem.ggn_layer_blocks, problem.layer_slices)
-        kfac = curvlinops_adapter.kfac_curvature(problem.model, problem.x_train, problem.y_train, "type-2")
+        kfac = curvlinops_adapter.kfac_curvature(problem.model, problem.x_train, problem.y_train, problem.loss, "type-2")
         # eigh returns ascending eigenvalues, so the i-th smallest K-FAC eigenvalue goes to the
         # eigenvector of the i-th smallest block-GGN eigenvalue
         blocks = [DenseEigenBlock(b.eigvecs, torch.sort(k.eigvals).values) for b, k in zip(block.blocks, kfac.blocks)]

@@ -38,7 +38,7 @@ class KFAC(KroneckerEntry):
             "product only like 1 / sqrt(damping): 1.5e-3 relative at the check's damping 1e6, not the 1e-4 it asks")}
 
     def fit(self, problem):
-        self.eigen_ = curvlinops_adapter.kfac_curvature(problem.model, problem.x_train, problem.y_train,
+        self.eigen_ = curvlinops_adapter.kfac_curvature(problem.model, problem.x_train, problem.y_train, problem.loss,
                                                         **self.factor_args())
         return self
 

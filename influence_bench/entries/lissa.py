@@ -11,6 +11,7 @@ from torch.func import functional_call, jvp, vjp, vmap
 from influence_bench.curvature import curvlinops_adapter, exact
 from influence_bench.curvature.eigen import DEFAULT_DAMPING, DEFAULT_EPS
 from influence_bench.entries.base import Entry, register
+from influence_bench.tasks.losses import Loss
 
 RowsMatvec = Callable[[torch.Tensor], torch.Tensor]  # [k, P] -> [k, P]
 SCALE_MARGIN = 1.5  # automatic scale = SCALE_MARGIN * (largest curvature eigenvalue + damping)
@@ -19,11 +20,12 @@ POWER_ITERATIONS = 20
 BLOWUP = 10.0  # a convergent recursion keeps ||h_t|| <= (t + 1) ||v||; this many times more is divergence
 
 
-def minibatch_ggn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(x [b, ...], rows [k, P]) -> G_b v for each row, G_b the GGN of the mean cross-entropy on x.
+def minibatch_ggn(model: nn.Module, loss: Loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(x [b, ...], rows [k, P]) -> G_b v for each row, G_b the GGN of the mean loss on x.
 
-    G_b v = (1/b) J^T H J v with J v by forward mode (one per row, vmap), the softmax Hessian
-    H = diag(p) - p p^T in closed form, and one reverse pass shared by all rows. Equals curvlinops'
+    G_b v = (1/b) J^T H J v with J v by forward mode (one per row, vmap), the loss Hessian in the
+    outputs H in closed form (``Loss.hessian_product``: diag(p) - p p^T for cross-entropy), and one
+    reverse pass shared by all rows. Equals curvlinops'
     GGN operator on the batch (tests/test_matrix_free.py) at a half to a third of its cost (it
     re-runs the forward pass and the loss Hessian for every row): LiSSA is thousands of such products.
     """
@@ -36,19 +38,18 @@ def minibatch_ggn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], to
         tangents = {name: t.reshape(k, *params[name].shape) for name, t in zip(params, rows.split(sizes, dim=1))}
         logits, pull_back = vjp(logits_of, params)  # [b, C]
         jv = vmap(lambda t: jvp(logits_of, (params,), (t,))[1])(tangents)  # [k, b, C]
-        prob = torch.softmax(logits, dim=-1)
-        hjv = (prob * jv - prob * (prob * jv).sum(-1, keepdim=True)) / x.shape[0]
+        hjv = loss.hessian_product(logits, jv) / x.shape[0]
         (out,) = vmap(pull_back)(hjv)
         return torch.cat([t.reshape(k, -1) for t in out.values()], dim=1)
 
     return matvec
 
 
-def minibatch_top_eigenvalue(model: nn.Module, x: torch.Tensor) -> float:
+def minibatch_top_eigenvalue(model: nn.Module, x: torch.Tensor, loss: Loss) -> float:
     """Largest eigenvalue of the mini-batch GGN (1/b) B^T B, exactly, from the [b C, b C] Gram matrix
-    B B^T of its square root B = [S_n^T J_n]_n (S_n S_n^T the softmax Hessian of point n)."""
+    B B^T of its square root B = [S_n^T J_n]_n (S_n S_n^T the loss Hessian in the outputs of point n)."""
     with torch.no_grad():
-        sqrt_h = exact.softmax_hessian_sqrt(model(x))  # [b, C, C]
+        sqrt_h = loss.hessian_sqrt(model(x))  # [b, C, C]
     root = torch.einsum("nck,ncp->nkp", sqrt_h, exact.per_example_jacobians(model, x)).flatten(0, 1)  # [b C, P]
     return float(torch.linalg.eigvalsh(root @ root.T)[-1]) / x.shape[0]
 
@@ -115,9 +116,9 @@ class LiSSA(Entry):
 
     def fit(self, problem):
         self.operator_ = problem.ggn_operator
-        self.ggn_of_ = (problem.model, problem.x_train, problem.y_train)  # what rebuilds the GGNs after unpickling
+        self.ggn_of_ = (problem.model, problem.x_train, problem.y_train, problem.loss)  # what rebuilds the GGNs after unpickling
         self.x_train_ = problem.x_train
-        self.batch_ggn_ = minibatch_ggn(problem.model)
+        self.batch_ggn_ = minibatch_ggn(problem.model, problem.loss)
         self.top_eigenvalue_ = self._top_eigenvalue(problem) if self.scale is None else None
         return self
 
@@ -130,7 +131,7 @@ class LiSSA(Entry):
         self.__dict__.update(state)
         if "ggn_of_" in state:
             self.operator_ = curvlinops_adapter.ggn_operator(*state["ggn_of_"])
-            self.batch_ggn_ = minibatch_ggn(state["ggn_of_"][0])
+            self.batch_ggn_ = minibatch_ggn(state["ggn_of_"][0], state["ggn_of_"][3])
 
     # -- the curvature of one step ---------------------------------------------------------------
     def _full_matvec(self) -> RowsMatvec:
@@ -152,7 +153,7 @@ class LiSSA(Entry):
         generator = torch.Generator().manual_seed(self.seed)
         if self.batch_size is None:
             return largest_eigenvalue(self._full_matvec(), problem.n_params, generator)
-        return max(minibatch_top_eigenvalue(problem.model, self._sample(generator)) for _ in range(SCALE_PROBES))
+        return max(minibatch_top_eigenvalue(problem.model, self._sample(generator), problem.loss) for _ in range(SCALE_PROBES))
 
     def _scale(self, damping: float) -> float:
         return self.scale if self.scale is not None else SCALE_MARGIN * (self.top_eigenvalue_ + damping)

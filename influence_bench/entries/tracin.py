@@ -38,8 +38,8 @@ class TracIn(Entry):
         chosen = problem.checkpoints if self.params["checkpoints"] == "all" else problem.checkpoints[-1:]
         total = torch.zeros(problem.n_test, problem.n_train, dtype=torch.float64)
         for lr, model in chosen:
-            train = exact.per_example_gradients(model, problem.x_train, problem.y_train)
-            test = exact.per_example_gradients(model, problem.x_test, problem.y_test)
+            train = exact.per_example_gradients(model, problem.x_train, problem.y_train, problem.loss)
+            test = exact.per_example_gradients(model, problem.x_test, problem.y_test, problem.loss)
             total -= lr * (test @ train.T)
         self.scores_ = total
         self.n_checkpoints_ = len(chosen)

@@ -70,9 +70,9 @@ class TRAK(Entry):
             return self
         self.models_ = []
         for _, model in problem.checkpoints:
-            ggn = curvlinops_adapter.rows_matvec(curvlinops_adapter.ggn_operator(model, problem.x_train, problem.y_train))
-            train = exact.per_example_gradients(model, problem.x_train, problem.y_train)
-            test = exact.per_example_gradients(model, problem.x_test, problem.y_test)
+            ggn = curvlinops_adapter.rows_matvec(curvlinops_adapter.ggn_operator(model, problem.x_train, problem.y_train, problem.loss))
+            train = exact.per_example_gradients(model, problem.x_train, problem.y_train, problem.loss)
+            test = exact.per_example_gradients(model, problem.x_test, problem.y_test, problem.loss)
             self.models_.append(_Projected(self.projection_, ggn, train, test))
         return self
 

@@ -19,7 +19,7 @@ from influence_bench import PROTOCOL_VERSION, __version__
 from influence_bench.groundtruth.cache import ArtifactStore, build_lock, content_key, default_cache_dir
 from influence_bench.groundtruth.presets import Preset
 from influence_bench.tasks.spec import TaskData, TaskSpec
-from influence_bench.training.batched import StackedMLP, train_batched
+from influence_bench.training.batched import StackedMLP, StackedModule, train_batched
 
 
 @dataclass
@@ -46,11 +46,11 @@ def draw_masks(spec: TaskSpec, alpha: float, n_masks: int, n_train: int) -> np.n
 
 def groundtruth_dir(spec: TaskSpec, preset: Preset, cache_dir: Path | None = None) -> Path:
     """Content-addressed by the task spec, the preset, the protocol and the package version."""
-    key = content_key(spec.to_dict(), preset.to_dict(), PROTOCOL_VERSION, __version__)
+    key = content_key(spec.cache_dict(), preset.to_dict(), PROTOCOL_VERSION, __version__)
     return Path(cache_dir or default_cache_dir()) / "groundtruth" / spec.key / f"{preset.name}-{key}"
 
 
-def stack_test_losses(stack: StackedMLP, data: TaskData, device: str, n_rows: int, n_seeds: int) -> np.ndarray:
+def stack_test_losses(stack: StackedMLP | StackedModule, data: TaskData, device: str, n_rows: int, n_seeds: int) -> np.ndarray:
     """[n_rows, n_seeds, n_test] float32 test losses of a stack trained row-major, seed-minor."""
     losses = stack.per_example_loss(data.x_test.to(device), data.y_test.to(device)).cpu().numpy()
     return losses.reshape(n_rows, n_seeds, data.n_test).astype(np.float32)

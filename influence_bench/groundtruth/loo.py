@@ -58,7 +58,7 @@ def draw_loo_points(spec: TaskSpec, k: int, n_train: int) -> np.ndarray:
 
 def loo_dir(spec: TaskSpec, preset: Preset, cache_dir: Path | None = None) -> Path:
     """Content-addressed by the task spec, the preset, K, the protocol and the package version."""
-    key = content_key(spec.to_dict(), preset.to_dict(), preset.loo_points, PROTOCOL_VERSION, __version__)
+    key = content_key(spec.cache_dict(), preset.to_dict(), preset.loo_points, PROTOCOL_VERSION, __version__)
     return Path(cache_dir or default_cache_dir()) / "groundtruth" / spec.key / f"loo-{preset.name}-{key}"
 
 

@@ -28,7 +28,7 @@ def reference_model(
 
 def _reference_model(spec: TaskSpec, root: Path, device: str, data: TaskData, say) -> nn.Sequential:
     store = ArtifactStore(root)
-    name = f"reference-{content_key(spec.to_dict(), __version__)}.pt"
+    name = f"reference-{content_key(spec.cache_dict(), __version__)}.pt"
     model = spec.make_model()
     path = store.verified_path(name)
     if path is not None:
@@ -83,7 +83,7 @@ def reference_checkpoints(spec: TaskSpec, cache_dir: Path | None = None, device:
     epochs = spec.checkpoint_epochs()
     with build_lock(root, f"the checkpoints of {spec.key}"):
         store = ArtifactStore(root)
-        name = f"checkpoints-{content_key(spec.to_dict(), epochs, __version__)}.pt"
+        name = f"checkpoints-{content_key(spec.cache_dict(), epochs, __version__)}.pt"
         path = store.verified_path(name)
         if path is not None:
             try:

@@ -90,7 +90,7 @@ def load_problem(job: Job):
     spec = get_task(job.task)
     model = spec.make_model()
     model.load_state_dict(torch.load(job.checkpoint, weights_only=True))
-    problem = InfluenceProblem(model, spec.data, name=spec.key, dense_limit=job.dense_limit)
+    problem = InfluenceProblem.of_task(spec, model, job.dense_limit)
     grads = torch.load(job.gradients, weights_only=True)
     problem.set_gradients(grads["train"], grads["test"])
     if job.checkpoints:

@@ -11,7 +11,6 @@ import dataclasses
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from influence_bench import schema
 from influence_bench.groundtruth.lds import LDSGroundTruth
@@ -39,7 +38,7 @@ def reference_rows(problem: InfluenceProblem, hessian_stats: dict[str, float]) -
     """Is the reference model at a stationary point? Its mean training loss, the norm of the gradient
     of that loss (the mean of the per-example gradients), and the Hessian's negative eigenvalues."""
     with torch.no_grad():
-        loss = float(F.cross_entropy(problem.model(problem.x_train), problem.y_train))
+        loss = float(problem.loss.mean(problem.model(problem.x_train), problem.y_train))
     grad_norm = float(torch.linalg.norm(problem.train_grads.mean(0)))
     rows = [schema.row(SHARED, "diagnostics", "reference_train_loss", loss, False),
             schema.row(SHARED, "diagnostics", "reference_grad_norm", grad_norm, False,

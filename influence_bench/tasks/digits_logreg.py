@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from influence_bench.tasks.digits_mlp import DIGITS_MLP
+from influence_bench.tasks.models import MLP
 
 DIGITS_LOGREG = dataclasses.replace(
     DIGITS_MLP,
@@ -18,5 +19,5 @@ DIGITS_LOGREG = dataclasses.replace(
     version=1,
     description="sklearn digits, multinomial logistic regression (Linear 64-10, convex: Hessian = GGN), "
                 "the digits-mlp recipe",
-    layer_sizes=(64, 10),
+    model=MLP((64, 10)),
 )

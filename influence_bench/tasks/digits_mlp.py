@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import dataclasses
 
+import numpy as np
+
+from influence_bench.tasks.models import MLP
 from influence_bench.tasks.spec import TaskSpec, TrainingRecipe
 
 
@@ -22,8 +23,7 @@ DIGITS_MLP = TaskSpec(
     version=1,
     description="sklearn digits, MLP 64-64-32-10 (GELU), SGD 100 epochs: the authors' released recipe",
     dataset="sklearn.datasets.load_digits",
-    layer_sizes=(64, 64, 32, 10),
-    activation="gelu",
+    model=MLP((64, 64, 32, 10), "gelu"),
     recipe=TrainingRecipe(lr=0.01, momentum=0.9, weight_decay=0.0, batch_size=32, epochs=100),
     load_arrays=_load_digits,
     train_fraction=0.9,

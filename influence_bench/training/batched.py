@@ -1,10 +1,15 @@
-"""Batched retraining: many copies of a task's MLP trained at once with stacked parameters.
+"""Batched retraining: many copies of a task's model trained at once with stacked parameters.
 
 Model b has its own subset ``members[b]`` and seed ``seeds[b]``; it starts from exactly the
 parameters of ``spec.init_model(seeds[b])``, sees the batches of ``epoch_order`` with its own
-generator, and takes the same SGD steps as ``train_single`` -- only the matrix products are batched
-(``torch.baddbmm`` over the model axis). The loss is the SUM over models of each model's mean
-batch loss, so each model's gradient is exactly its own.
+generator, and takes the same SGD steps as ``train_single`` -- only the gradients are batched.
+
+Two engines give those gradients through one interface (``parameters()``, ``mean_loss_gradients``,
+``per_example_loss``, ``model(b, spec)``): the generic one (``training.engine``: ``torch.func`` for
+any ``nn.Module``) and, for a GELU MLP, the hand-written fast path below (``StackedMLP``: the
+backward pass written out with ``torch.baddbmm`` over the model axis). ``engine="auto"`` takes the
+fast path where it applies: ``benchmarks/benchmarks.py`` (``EngineThroughput``) measures both, and
+the plain loop, on every task in one run.
 """
 
 from __future__ import annotations
@@ -16,8 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from influence_bench.tasks.losses import Loss
+from influence_bench.tasks.models import MLP
 from influence_bench.tasks.spec import TaskData, TaskSpec, TrainingRecipe
 from influence_bench.training.batch_order import epoch_order, n_steps_per_epoch
+from influence_bench.training.engine import StackedModule
+
+ENGINES = ("auto", "generic", "mlp")
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -28,19 +38,21 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 @dataclass
 class StackedMLP:
-    """B MLPs: ``weights[l]: [B, out, in]``, ``biases[l]: [B, out]``."""
+    """B MLPs: ``weights[l]: [B, out, in]``, ``biases[l]: [B, out]``; the hand-written fast path."""
 
     weights: list[torch.Tensor]
     biases: list[torch.Tensor]
     activation: str
+    loss: Loss
 
     @classmethod
-    def from_models(cls, models: list[nn.Sequential], activation: str) -> "StackedMLP":
+    def from_models(cls, models: list[nn.Sequential], activation: str, loss: Loss,
+                    device: str | torch.device = "cpu") -> "StackedMLP":
         linears = [[m for m in model if isinstance(m, nn.Linear)] for model in models]
         n_layers = len(linears[0])
-        weights = [torch.stack([ls[i].weight.detach() for ls in linears]) for i in range(n_layers)]
-        biases = [torch.stack([ls[i].bias.detach() for ls in linears]) for i in range(n_layers)]
-        return cls(weights, biases, activation)
+        weights = [torch.stack([ls[i].weight.detach() for ls in linears]).to(device) for i in range(n_layers)]
+        biases = [torch.stack([ls[i].bias.detach() for ls in linears]).to(device) for i in range(n_layers)]
+        return cls(weights, biases, activation, loss)
 
     @property
     def n_models(self) -> int:
@@ -64,12 +76,16 @@ class StackedMLP:
         return h
 
     def per_example_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of every model on every example of a shared set: [B, n]."""
+        """The loss of every model on every example of a shared set: [B, n]."""
         with torch.no_grad():
-            logits = self.forward(x)
-            n_models, n, n_classes = logits.shape
-            losses = F.cross_entropy(logits.reshape(-1, n_classes), y.repeat(n_models), reduction="none")
+            outputs = self.forward(x)
+            n_models, n, n_outputs = outputs.shape
+            y_all = y.repeat(n_models, *([1] * (y.dim() - 1)))
+            losses = self.loss.per_example(outputs.reshape(-1, n_outputs), y_all)
         return losses.view(n_models, n)
+
+    def mean_loss_gradients(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        return mean_loss_gradients(self, x, y)
 
     def model(self, b: int, spec: TaskSpec) -> nn.Sequential:
         """Model ``b`` as a plain ``nn.Sequential`` of the task's architecture."""
@@ -82,23 +98,37 @@ class StackedMLP:
         return model
 
 
-def initial_stack(spec: TaskSpec, seeds: list[int], device: str | torch.device) -> StackedMLP:
-    """Stack ``spec.init_model(seed)`` for every seed (each seed built once)."""
+def fast_path_reason(spec: TaskSpec) -> str | None:
+    """Why the hand-written MLP path cannot train ``spec`` (None when it can)."""
+    if not isinstance(spec.model, MLP):
+        return f"the model is a {spec.model.factory}, not an MLP"
+    if spec.model.activation != "gelu":
+        return f"the MLP's activation is {spec.model.activation}; the written-out backward pass has GELU only"
+    return None
+
+
+def initial_stack(spec: TaskSpec, seeds: list[int], device: str | torch.device = "cpu",
+                  engine: str = "auto") -> StackedMLP | StackedModule:
+    """Stack ``spec.init_model(seed)`` for every seed (each seed built once), for the chosen engine."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    reason = fast_path_reason(spec)
+    if engine == "mlp" and reason:
+        raise ValueError(f"the mlp engine cannot train {spec.name}: {reason}")
     cache = {s: spec.init_model(s) for s in dict.fromkeys(seeds)}
-    stack = StackedMLP.from_models([cache[s] for s in seeds], spec.activation)
-    return StackedMLP(
-        [w.to(device).clone() for w in stack.weights],
-        [b.to(device).clone() for b in stack.biases],
-        spec.activation,
-    )
+    models = [cache[s] for s in seeds]
+    if engine == "generic" or reason:
+        return StackedModule.from_models(models, spec.loss, device)
+    return StackedMLP.from_models(models, spec.model.activation, spec.loss, device)
+
 
 
 def mean_loss_gradients(stack: StackedMLP, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-    """Gradient of each model's mean cross-entropy on its own batch, by hand (no autograd).
+    """Gradient of each model's mean loss on its own batch, by hand (no autograd).
 
-    x: [B, bs, d], y: [B, bs]. Returns gradients in ``stack.parameters()`` order. Backpropagation
-    written out: dz_L = (softmax - onehot) / bs; dW_l = dz_l^T h_{l-1}; db_l = sum dz_l;
-    dz_{l-1} = act'(z_{l-1}) * (dz_l W_l).
+    x: [B, bs, d], y: [B, bs, ...]. Returns gradients in ``stack.parameters()`` order. Backpropagation
+    written out: dz_L = loss'(z_L) / bs (softmax - onehot for cross-entropy); dW_l = dz_l^T h_{l-1};
+    db_l = sum dz_l; dz_{l-1} = act'(z_{l-1}) * (dz_l W_l).
     """
     if stack.activation != "gelu":
         raise NotImplementedError("the hand-written backward pass supports GELU only")
@@ -109,10 +139,7 @@ def mean_loss_gradients(stack: StackedMLP, x: torch.Tensor, y: torch.Tensor) -> 
         zs.append(z)
         if i < last:
             hs.append(F.gelu(z))
-    dz = torch.softmax(zs[-1], dim=-1)
-    n_models, bs, n_classes = dz.shape
-    dz.view(-1, n_classes)[torch.arange(n_models * bs, device=x.device), y.reshape(-1)] -= 1.0
-    dz /= bs
+    dz = stack.loss.output_gradient(zs[-1], y) / x.shape[1]
     grads: list[torch.Tensor] = []
     for i in range(last, -1, -1):
         grads.append(dz.sum(1))  # bias
@@ -130,14 +157,16 @@ def train_batched(
     recipe: TrainingRecipe | None = None,
     device: str | torch.device = "cpu",
     on_epoch: Callable[[float], None] | None = None,
-    at_epoch_end: Callable[[int, float, StackedMLP], None] | None = None,
-) -> StackedMLP:
+    at_epoch_end: Callable[[int, float, StackedMLP | StackedModule], None] | None = None,
+    engine: str = "auto",
+) -> StackedMLP | StackedModule:
     """Train ``len(seeds)`` models; members: [B, n_train] bool with the same count in every row.
 
     SGD with momentum as ``torch.optim.SGD`` does it (buffer = momentum * buffer + grad, starting
     from the first gradient; p -= lr * buffer). ``on_epoch(models)`` is called after every epoch
     with the share of the batch done, in models, for progress bars; ``at_epoch_end(epoch, lr, stack)``
-    after every epoch (1-based) with the rate it used, to keep checkpoints.
+    after every epoch (1-based) with the rate it used, to keep checkpoints. engine: ``auto`` (the
+    MLP fast path where it applies, else the generic engine), ``generic`` or ``mlp``.
     """
     recipe = recipe or spec.recipe
     members = torch.as_tensor(members, dtype=torch.bool).cpu()
@@ -149,7 +178,7 @@ def train_batched(
     n_models, bs = len(seeds), recipe.batch_size
     steps = n_steps_per_epoch(int(counts[0]), bs, recipe.drop_last)
 
-    stack = initial_stack(spec, seeds, device)
+    stack = initial_stack(spec, seeds, device, engine)
     params = stack.parameters()
     buffers = [torch.zeros_like(p) for p in params]
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
@@ -159,7 +188,7 @@ def train_batched(
         orders = torch.stack([epoch_order(g, m) for g, m in zip(generators, members)]).to(device)
         for k in range(steps):
             idx = orders[:, k * bs : (k + 1) * bs]  # [B, bs]
-            grads = mean_loss_gradients(stack, x_train[idx], y_train[idx])
+            grads = stack.mean_loss_gradients(x_train[idx], y_train[idx])
             if recipe.weight_decay:
                 torch._foreach_add_(grads, params, alpha=recipe.weight_decay)
             torch._foreach_mul_(buffers, recipe.momentum)

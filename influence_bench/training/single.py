@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from influence_bench.tasks.losses import Loss
 from influence_bench.tasks.spec import TaskData, TaskSpec, TrainingRecipe
 from influence_bench.training.batch_order import epoch_order, n_steps_per_epoch
 
@@ -16,7 +16,7 @@ def train_single(
     member: torch.Tensor,
     seed: int,
     recipe: TrainingRecipe | None = None,
-) -> nn.Sequential:
+) -> nn.Module:
     """Train one model on the training points where ``member`` ([n_train] bool) is True."""
     recipe = recipe or spec.recipe
     model = spec.init_model(seed)
@@ -33,14 +33,14 @@ def train_single(
         for k in range(steps):
             idx = order[k * recipe.batch_size : (k + 1) * recipe.batch_size]
             opt.zero_grad()
-            F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+            spec.loss.mean(model(data.x_train[idx]), data.y_train[idx]).backward()
             opt.step()
         if scheduler is not None:
             scheduler.step()
     return model
 
 
-def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each example: [n]."""
+def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tensor:
+    """The loss of each example: [n]."""
     with torch.no_grad():
-        return F.cross_entropy(model(x), y, reduction="none")
+        return loss.per_example(model(x), y)
