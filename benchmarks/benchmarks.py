@@ -32,10 +32,61 @@ def models_per_second_plain(spec, data, members: torch.Tensor) -> float:
     return members.shape[0] / (time.perf_counter() - start)
 
 
-def models_per_second_batched(spec, data, members: torch.Tensor) -> float:
+def models_per_second_batched(spec, data, members: torch.Tensor, recipe=None, engine: str = "auto") -> float:
     start = time.perf_counter()
-    train_batched(spec, data, members, list(range(members.shape[0])))
+    train_batched(spec, data, members, list(range(members.shape[0])), recipe, engine=engine)
     return members.shape[0] / (time.perf_counter() - start)
+
+
+ENGINE_TASKS = ("digits-mlp", "digits-logreg", "digits-cnn", "diabetes-mlp", "digits-mlp-noisy", "wide-mlp")
+ENGINE_EPOCHS = 2  # throughput does not depend on the epoch count; the ratios are of models per second
+N_ENGINE = 100  # half-data models per batched call
+
+
+class EngineThroughput:
+    """Per task, in one run: the generic torch.func engine's throughput over the plain single-model loop, and
+    the hand-written MLP fast path's over the generic engine (NaN where the task is no GELU MLP). The fast path
+    is kept only while its ratio is above 1."""
+
+    timeout = 1800
+    number = 1
+    repeat = 1
+    params = ENGINE_TASKS
+    param_names = ["task"]
+
+    def setup(self, task):
+        import dataclasses
+
+        self.spec = get_task(task)
+        self.data = self.spec.data
+        self.recipe = dataclasses.replace(self.spec.recipe, epochs=ENGINE_EPOCHS)
+        self.members = half_data_members(N_ENGINE, self.data.n_train)
+
+    def _plain(self) -> float:
+        start = time.perf_counter()
+        for b in range(N_PLAIN):
+            train_single(self.spec, self.data, self.members[b], seed=b, recipe=self.recipe)
+        return N_PLAIN / (time.perf_counter() - start)
+
+    def track_generic_over_plain_loop(self, task):
+        plain = self._plain()
+        generic = models_per_second_batched(self.spec, self.data, self.members, self.recipe, "generic")
+        print(f"{task}: plain loop {plain:.2f} models/s, generic engine {generic:.2f} models/s")
+        return generic / plain
+
+    track_generic_over_plain_loop.unit = "x"
+
+    def track_fast_path_over_generic(self, task):
+        from influence_bench.training.batched import fast_path_reason
+
+        if fast_path_reason(self.spec):
+            return float("nan")
+        generic = models_per_second_batched(self.spec, self.data, self.members, self.recipe, "generic")
+        fast = models_per_second_batched(self.spec, self.data, self.members, self.recipe, "mlp")
+        print(f"{task}: generic engine {generic:.2f} models/s, MLP fast path {fast:.2f} models/s")
+        return fast / generic
+
+    track_fast_path_over_generic.unit = "x"
 
 
 class SpeedupBatchedTraining:

@@ -17,3 +17,11 @@ def run(*args, **kwargs):
     from influence_bench.api import run as _run
 
     return _run(*args, **kwargs)
+
+
+def run_all(*args, **kwargs):
+    """Run entries on every task of the fixed set and write the cross-task leaderboard; see
+    ``influence_bench.api.run_all``."""
+    from influence_bench.api import run_all as _run_all
+
+    return _run_all(*args, **kwargs)

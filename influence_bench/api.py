@@ -223,7 +223,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
             torch.save({"train": train_grads, "test": test_grads}, workdir / "gradients.pt")
             if checkpoints is not None:
                 checkpoints.save(workdir / "checkpoints.pt")
-            isolation.Job(spec.name, chosen_preset.name, str(cache) if cache else None, str(workdir / "model.pt"),
+            isolation.Job(spec.source or spec.key, chosen_preset.name, str(cache) if cache else None, str(workdir / "model.pt"),
                           str(workdir / "gradients.pt"), damping, eps, problem.dense_limit, located_plugins,
                           sorted(needs), list(chosen_preset.alphas),
                           str(workdir / "checkpoints.pt") if checkpoints is not None else None).write(workdir)
@@ -319,3 +319,35 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
         write_results_dir(out_dir, table, results, boot, decomposition, split, spectra, manifest)
         torch.save(model.state_dict(), out_dir / schema.REFERENCE_FILE)
     return RunResults(table, results, decomposition, split, boot, out_dir, parent_peak)
+
+
+def run_all(preset: str = "standard", entries: Sequence[str | Entry] | None = None, *,
+            tasks: Sequence[str] | None = None, results_root: str | Path = "results",
+            report_dir: str | Path | None = "reports", progress: bool = True, **options) -> dict:
+    """``run`` on every task of the fixed set (``tasks.TASK_SET``, or ``tasks``), each into
+    ``results_root/TASK-PRESET``, then the cross-task leaderboard into ``report_dir`` (None: none).
+
+    A task whose run raises is reported and the others go on: returns task -> RunResults, or the
+    exception that stopped it. ``options`` are ``run``'s.
+    """
+    from influence_bench.groundtruth import get_preset
+    from influence_bench.tasks import TASK_SET, get_task
+
+    names = [get_task(t).name for t in (tasks or TASK_SET)]  # unknown names fail before any work
+    chosen = get_preset(preset).with_alphas(tuple(options["alphas"]) if options.get("alphas") else None)
+    at = "" if chosen.alphas == get_preset(preset).alphas else "-alpha" + "-".join(f"{a:g}" for a in chosen.alphas)
+    outcomes: dict = {}
+    for i, name in enumerate(names, start=1):
+        _say(f"== task {i} of {len(names)}: {name} ==", progress)
+        out = Path(results_root) / f"{name}-{chosen.name}{at}"
+        try:
+            outcomes[name] = run(name, entries, preset, out=out, progress=progress, **options)
+        except Exception as exc:  # noqa: BLE001 - one task's failure must not lose the others'
+            outcomes[name] = exc
+            _say(f"task {name} stopped: {type(exc).__name__}: {exc}", progress)
+    done = {name: r.out_dir for name, r in outcomes.items() if isinstance(r, RunResults)}
+    if report_dir is not None and done:
+        from influence_bench.report.cross_task import write_cross_task_report
+
+        write_cross_task_report(done, Path(report_dir))
+    return outcomes

@@ -23,7 +23,7 @@ REGENERATE = "python -m influence_bench.catalogue"
 def build() -> dict:
     """The catalogue from the registries (imports every built-in entry and task, and so torch)."""
     from influence_bench.entries import ENTRIES
-    from influence_bench.tasks import BUILT_IN_TASKS, DEFAULT_TASK
+    from influence_bench.tasks import BUILT_IN_TASKS, DEFAULT_TASK, TASK_SET
 
     entries = []
     for name, cls in ENTRIES.items():
@@ -39,7 +39,7 @@ def build() -> dict:
                         "parameters": {k: list(v) for k, v in cls.parameters.items()}, "invalid": invalid})
     tasks = [{"name": t.name, "version": t.version, "key": t.key, "n_params": t.n_params,
               "description": t.description} for t in BUILT_IN_TASKS]
-    return {"default_task": DEFAULT_TASK, "tasks": tasks, "entries": entries}
+    return {"default_task": DEFAULT_TASK, "task_set": list(TASK_SET), "tasks": tasks, "entries": entries}
 
 
 @lru_cache(maxsize=1)

@@ -40,6 +40,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 TaskOption = typer.Option(DEFAULT_TASK, "--task", help="Task name (see `influence-bench list`).")
+RunTaskOption = typer.Option(DEFAULT_TASK, "--task", help="Task name (see `influence-bench list`), or `all`: every "
+                             "task of the fixed set, then the cross-task leaderboard (reports/tasks.md).")
 PresetOption = typer.Option("standard", "--preset", help=f"Ground-truth preset: {', '.join(PRESETS)}.")
 CacheOption = typer.Option(None, "--cache-dir", help=f"Cache directory (default: ${CACHE_ENV} or the user cache).")
 DeviceOption = typer.Option("cpu", "--device", help="Torch device for training: cpu or cuda.")
@@ -85,6 +87,16 @@ def check_names(task: str, entries: list[str] | None, plugins: list[str]) -> str
     from influence_bench.plugins import ENTRY_GROUP, TASK_GROUP, outside_names, plugin_modules
 
     plugins = plugin_modules(plugins)  # --plugins and $INFLUENCE_BENCH_PLUGINS
+    if task.startswith("local:"):  # a user's own data file: read and checked now, with its model's name
+        from influence_bench.tasks.local import LocalDataError, local_task, parse_reference
+
+        try:
+            model, path = parse_reference(task)
+            local = local_task(path, model)
+        except LocalDataError as exc:
+            raise ValueError(str(exc)) from None
+        check_names(DEFAULT_TASK, entries, plugins)
+        return local.name
     if not plugins:
         outside_tasks, outside_entries = outside_names(TASK_GROUP), outside_names(ENTRY_GROUP)
         try:
@@ -144,7 +156,7 @@ def _with_plugins(tasks: list[dict], entries: list[dict], plugins: list[str] | N
     one that failed to load is listed with the first line of why."""
     from influence_bench.entries import ENTRIES, ORIGINS
     from influence_bench.plugins import LOAD_FAILURES, TASK_GROUP, entry_failures, load_plugins
-    from influence_bench.tasks import TASK_ORIGINS, TASKS
+    from influence_bench.tasks import TASK_ORIGINS, TASK_VERSIONS
 
     load_plugins(plugins)
     listed = {e["name"] for e in entries}
@@ -157,11 +169,11 @@ def _with_plugins(tasks: list[dict], entries: list[dict], plugins: list[str] | N
     for name, why in entry_failures().items():
         entries.append({"name": name, "description": f"FAILED TO LOAD: {why.splitlines()[-1]}", "capabilities": "-",
                         "parameters": "-", "origin": why.splitlines()[0]})
-    listed = {t["name"] for t in tasks}
-    for name, spec in TASKS.items():
-        if name not in listed:
-            tasks.append({"name": name, "version": spec.version, "key": spec.key, "n_params": spec.n_params,
-                          "description": spec.description, "origin": TASK_ORIGINS.get(name, "?")})
+    listed = {t["key"] for t in tasks}
+    for key, spec in TASK_VERSIONS.items():
+        if key not in listed:
+            tasks.append({"name": spec.name, "version": spec.version, "key": key, "n_params": spec.n_params,
+                          "description": spec.description, "origin": TASK_ORIGINS.get(key, "?")})
     for name, why in LOAD_FAILURES[TASK_GROUP].items():
         tasks.append({"name": name, "version": "-", "key": "-", "n_params": "-",
                       "description": f"FAILED TO LOAD: {why.splitlines()[-1]}", "origin": why.splitlines()[0]})
@@ -263,7 +275,7 @@ def groundtruth(
 
 @app.command()
 def run(
-    task: str = TaskOption,
+    task: str = RunTaskOption,
     preset: str = PresetOption,
     entries: Optional[str] = typer.Option(None, "--entries", help="Comma-separated entry names, each with an optional parameter point: kfac[fisher=mc,separate=true] (default: every entry at its default point, the MC rungs and the authors' configuration)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results directory (default: results/TASK-PRESET)."),
@@ -280,10 +292,20 @@ def run(
     loo: bool = typer.Option(True, "--loo/--no-loo", help="Leave-one-out correlations beside LDS (builds the LOO ground truth if missing)."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over: remove the results directory first (otherwise a run "
                                "of the same configuration resumes it, and another configuration is refused)."),
+    results_root: Path = typer.Option(Path("results"), "--results-root", help="With --task all: where each task's "
+                                      "results directory goes (TASK-PRESET)."),
+    report_dir: Path = typer.Option(Path("reports"), "--report-dir", help="With --task all: where the cross-task "
+                                    "leaderboard (tasks.md, tasks.html) goes."),
 ):
     """Run entries against a task's ground truth (built first if missing) and write a results directory."""
     plugin_list = _plugin_list(plugins)
     names = split_names(entries) if entries else None
+    if task == "all":
+        if out is not None:
+            fail("--out names one results directory; with --task all each task writes results/TASK-PRESET "
+                 "(use --results-root)")
+        return run_all_tasks(preset, names, cache_dir, device, plugin_list, damping, dense_limit, isolate, jobs,
+                             entry_timeout, entry_memory, alphas, loo, fresh, results_root, report_dir)
     try:
         task_name = check_names(task, names, plugin_list)
         chosen = get_preset(preset).with_alphas(parse_alphas(alphas))
@@ -325,6 +347,61 @@ def run(
                               highlight=False)
         fail(f"{len(results.failures)} of {len(results.entries)} entries failed: {', '.join(results.failures)}",
              code=1)
+
+
+def run_all_tasks(preset, names, cache_dir, device, plugin_list, damping, dense_limit, isolate, jobs, entry_timeout,
+                  entry_memory, alphas, loo, fresh, results_root: Path, report_dir: Path) -> None:
+    """`run --task all`: every task of the fixed set in turn, then the cross-task leaderboard."""
+    task_set = catalogue.load()["task_set"]
+    try:
+        for task in task_set:
+            check_names(task, names, plugin_list)
+        chosen = get_preset(preset).with_alphas(parse_alphas(alphas))
+        if jobs < 1 or (jobs > 1 and not isolate):
+            raise ValueError(f"--jobs {jobs}: use --jobs >= 1, and more than 1 only with --isolate")
+    except (UnknownTaskError, UnknownPresetError, UnknownEntryError, ValueError, ImportError) as exc:
+        fail(str(exc))
+    device = check_device(device)
+    from influence_bench.api import RunResults, run_all
+
+    start = time.perf_counter()
+    outcomes = run_all(preset, names, tasks=task_set, results_root=results_root, report_dir=report_dir,
+                       isolate=isolate, cache_dir=cache_dir, device=device, plugins=plugin_list, damping=damping,
+                       dense_limit=dense_limit, entry_timeout_s=entry_timeout, entry_memory_mb=entry_memory,
+                       jobs=jobs, alphas=chosen.alphas, loo=loo, fresh=fresh)
+    console.print(f"{time.perf_counter() - start:.0f} s for {len(task_set)} tasks")
+    problems = []
+    for task, outcome in outcomes.items():
+        if not isinstance(outcome, RunResults):
+            problems.append(f"task {task}: {type(outcome).__name__}: {outcome}")
+            continue
+        console.print(f"{task}: results in [bold]{outcome.out_dir}[/]; {len(outcome.skipped)} skipped, "
+                      f"{len(outcome.failures)} failed")
+        problems += [f"task {task}, entry {name}: {message.splitlines()[0] if message else ''}"
+                     for name, message in outcome.failures.items()]
+    if any(isinstance(o, RunResults) for o in outcomes.values()):
+        console.print(f"cross-task leaderboard: [bold]{report_dir / 'tasks.md'}[/] and {report_dir / 'tasks.html'}")
+    if problems:
+        for line in problems:
+            err_console.print(f"[bold red]{escape(line)}[/]", highlight=False)
+        fail(f"{len(problems)} failures across the tasks (the others' results are written)", code=1)
+
+
+@app.command("tasks-report")
+def tasks_report(
+    results_dirs: list[Path] = typer.Argument(..., help="One results directory per task (written by `run`)."),
+    out: Path = typer.Option(Path("reports"), "--out", help="Where tasks.md and tasks.html go."),
+):
+    """Write the cross-task leaderboard (per-task ranks, overall Borda rank, LDS per task, skipped entries)."""
+    from influence_bench.report import ReportError
+    from influence_bench.report.cross_task import write_cross_task_report
+
+    try:
+        written = write_cross_task_report(list(results_dirs), out)
+    except ReportError as exc:
+        fail(str(exc))
+    for kind, path in written.items():
+        console.print(f"{kind}: [bold]{path}[/]")
 
 
 def print_lds_tables(table, damping: float) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from influence_bench.entries import ENTRIES
-from influence_bench.tasks import TASKS, get_task
+from influence_bench.tasks import TASK_VERSIONS, TASKS, get_task
 
 TESTS = Path(__file__).resolve().parent
 # the registries as the package fills them, before any test module (or plugin) is imported
@@ -19,7 +19,7 @@ PACKAGE_ENTRIES, PACKAGE_TASKS = dict(ENTRIES), dict(TASKS)
 def restored_registries():
     """``ENTRIES`` and ``TASKS`` as they were before, and the helper modules of this folder imported meanwhile
     (``bench_plugins``) forgotten, so that the next import registers their entries and tasks again."""
-    entries, tasks, modules = dict(ENTRIES), dict(TASKS), set(sys.modules)
+    entries, tasks, versions, modules = dict(ENTRIES), dict(TASKS), dict(TASK_VERSIONS), set(sys.modules)
     try:
         yield
     finally:
@@ -27,6 +27,8 @@ def restored_registries():
         ENTRIES.update(entries)
         TASKS.clear()
         TASKS.update(tasks)
+        TASK_VERSIONS.clear()
+        TASK_VERSIONS.update(versions)
         for name in set(sys.modules) - modules:
             path = getattr(sys.modules[name], "__file__", None)
             if path and Path(path).resolve().parent == TESTS:

@@ -93,6 +93,7 @@ def compute_all(ctx: MetricContext) -> dict[str, Measured]:
     """Every registered metric for one entry (a metric that raises fails the entry's metrics, loudly)."""
     import influence_bench.metrics.inverse  # noqa: F401 - the families register themselves
     import influence_bench.metrics.matrix  # noqa: F401
+    import influence_bench.metrics.mislabel  # noqa: F401
     import influence_bench.metrics.spectrum  # noqa: F401
 
     out: dict[str, Measured] = {}

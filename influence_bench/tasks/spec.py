@@ -132,6 +132,9 @@ class TaskSpec:
     # ensemble), evenly spaced in epochs, the last the reference model itself. Not in the fingerprint:
     # they change no trained model, and have a cache file of their own.
     checkpoints: int = field(default=5, compare=False)
+    # the name that gets this task again in another process (an entry's worker) when its own name does not:
+    # ``local:MODEL:/abs/path.npz`` for a local-data task; None: its key
+    source: str | None = field(default=None, compare=False)
 
     @property
     def loss(self) -> Loss:
