@@ -184,5 +184,6 @@ def test_registry_keeps_the_chain_order_and_list_shows_each_grid():
 
     assert list(ENTRIES)[:6] == ["hessian", "block-hessian", "ggn", "block-ggn", "ekfac", "kfac"]
     listed = {e["name"]: e["parameters"] for e in json.loads(CliRunner().invoke(app, ["list", "--json"]).stdout)["entries"]}
-    assert listed["kfac"] == "fisher=type-2|mc|empirical; samples=1|4|16; separate=false|true; inverse=exact|heuristic"
+    assert listed["kfac"] == ("fisher=type-2|mc|empirical; samples=1|4|16; separate=false|true; approx=expand|reduce; "
+                              "inverse=exact|heuristic")
     assert listed["identity"] == "-"
