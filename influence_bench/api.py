@@ -215,7 +215,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     workdir = Path(tempfile.mkdtemp(prefix="influence-bench-"))
     try:
         kind = "exact" if problem.dense_allowed else "estimated (above the dense limit)"
-        dense = f" and the shared dense {' and '.join(sorted(needs))}" if needs else ""
+        dense = f" and the shared dense {' and '.join(sorted(needs))}" if needs and problem.dense_allowed else ""
         _say(f"building the GGN reference for the fidelity metrics ({kind}, P = {problem.n_params:,}){dense}",
              progress)
         if isolate:
