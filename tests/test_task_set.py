@@ -172,3 +172,17 @@ def test_published_fingerprints_do_not_move_and_the_data_keys_the_cache():
     assert digits.fingerprint == "3d55c53762196616df97deac5067bf7e91eb3add36da3dcd5581bde8655470ae"
     other = dataclasses.replace(digits, load_arrays=lambda: (digits.arrays[0][:500], digits.arrays[1][:500]))
     assert other.fingerprint == digits.fingerprint and other.cache_dict() != digits.cache_dict()
+
+
+def test_the_dual_solve_of_the_reference_is_the_dense_inverse(tiny_problem):
+    """Above the dense limit the reference's inverse products come from the GGN's dual (Woodbury, float32
+    preconditioner, exact-operator refinement): equal to the dense solve to the refinement's tolerance."""
+    from influence_bench.metrics.reference import dual_solve
+
+    p = tiny_problem
+    rows = p.test_grads[:5]
+    for damping in (1e-4, 1e-2):
+        solved, residual, steps = dual_solve(p, rows, damping, tol=1e-11)
+        dense = torch.linalg.solve(p.ggn + damping * torch.eye(p.n_params, dtype=torch.float64), rows.T).T
+        assert residual < 1e-11 and steps < 30
+        assert torch.allclose(solved, dense, rtol=0, atol=1e-8 * float(dense.abs().max()))
