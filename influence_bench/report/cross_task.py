@@ -11,6 +11,7 @@ task flips labels, and which entry was skipped where and why.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -30,6 +31,7 @@ class TaskResults:
     task: str
     results: pd.DataFrame
     rank: pd.DataFrame  # tables.ranking
+    manifest: dict  # the results directory's manifest.json (its reference: exact or estimated)
 
 
 def load_task_results(results_dirs: Mapping[str, Path] | list[Path]) -> list[TaskResults]:
@@ -42,7 +44,9 @@ def load_task_results(results_dirs: Mapping[str, Path] | list[Path]) -> list[Tas
         if any(t.task == task for t in loaded):
             raise ReportError(f"two results directories of task {task!r}; give one per task")
         rank = tables.ranking(results, load_bootstrap(Path(d) / schema.BOOTSTRAP_FILE))
-        loaded.append(TaskResults(task, results, rank))
+        manifest_file = Path(d) / schema.MANIFEST_FILE
+        manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+        loaded.append(TaskResults(task, results, rank, manifest))
     if not loaded:
         raise ReportError("no results directories: give one per task (`influence-bench run --task all` writes them)")
     return loaded
@@ -117,11 +121,10 @@ def task_facts(tasks: list[TaskResults]) -> pd.DataFrame:
     rows = []
     for t in tasks:
         r = t.results
-        params = r[(r.entry == schema.SHARED_GRADIENTS) & (r.metric == "n_params")].value
         rows.append({"task": t.task, "version": int(r.task_version.iloc[0]), "preset": r.preset.iloc[0],
                      "ranked": len(t.rank), "skipped": tables.skipped(r).entry.nunique(),
                      "failed": tables.failed(r).entry.nunique(),
-                     "reference": "exact" if not bool(r.estimated.fillna(False).astype(bool).any()) else "estimated"})
+                     "fidelity reference": t.manifest.get("reference", "-")})
     return pd.DataFrame(rows)
 
 
