@@ -186,3 +186,14 @@ def test_the_dual_solve_of_the_reference_is_the_dense_inverse(tiny_problem):
         dense = torch.linalg.solve(p.ggn + damping * torch.eye(p.n_params, dtype=torch.float64), rows.T).T
         assert residual < 1e-11 and steps < 30
         assert torch.allclose(solved, dense, rtol=0, atol=1e-8 * float(dense.abs().max()))
+
+
+def test_the_ggn_square_root_chunks_by_memory(tiny_problem, monkeypatch):
+    """A wide model's Jacobian chunks are cut by bytes, not only by points: the same GGN diagonal and blocks
+    from chunks of a few points as from one chunk of all."""
+    p = tiny_problem
+    whole = exact.exact_ggn_diagonal(p.model, p.x_train, p.loss, chunk=10_000)
+    monkeypatch.setattr(exact, "CHUNK_BYTES", 8 * 10 * p.n_params * 3)  # three points per chunk
+    rows = list(exact._ggn_sqrt_rows(p.model, p.x_train, p.loss, 256))
+    assert rows[0].shape[0] == 3 * 10 and len(rows) == -(-p.n_train // 3)
+    assert torch.allclose(exact.exact_ggn_diagonal(p.model, p.x_train, p.loss), whole, atol=1e-14)

@@ -91,13 +91,18 @@ def per_example_jacobians(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([t.reshape(t.shape[0], t.shape[1], -1) for t in jac.values()], dim=2)
 
 
+CHUNK_BYTES = 512 * 2**20  # the float64 Jacobians of one chunk stay below this (twice: J and S^T J)
+
+
 def _ggn_sqrt_rows(model: nn.Module, x: torch.Tensor, loss: Loss | str, chunk: int):
-    """Chunks of B = [S_n^T J_n]_n ([chunk * C, P]): the GGN of the summed loss is B^T B."""
+    """Chunks of B = [S_n^T J_n]_n ([chunk * C, P]): the GGN of the summed loss is B^T B. A chunk has at
+    most ``chunk`` points and fewer where its Jacobians would pass ``CHUNK_BYTES`` (wide models)."""
     if next(model.parameters()).dtype != torch.float64:
         raise TypeError("the exact GGN is computed in float64: pass model.double() and float64 inputs")
     n_params = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         all_logits = model(x)
+    chunk = max(1, min(chunk, CHUNK_BYTES // (8 * all_logits.shape[-1] * n_params)))
     for part in _chunks(x.shape[0], chunk):
         jac = per_example_jacobians(model, x[part])  # [c, C, P]
         sqrt_h = get_loss(loss).hessian_sqrt(all_logits[part])  # [c, C, C]
