@@ -335,11 +335,10 @@ def run_all(preset: str = "standard", entries: Sequence[str | Entry] | None = No
 
     names = [get_task(t).name for t in (tasks or TASK_SET)]  # unknown names fail before any work
     chosen = get_preset(preset).with_alphas(tuple(options["alphas"]) if options.get("alphas") else None)
-    at = "" if chosen.alphas == get_preset(preset).alphas else "-alpha" + "-".join(f"{a:g}" for a in chosen.alphas)
     outcomes: dict = {}
     for i, name in enumerate(names, start=1):
         _say(f"== task {i} of {len(names)}: {name} ==", progress)
-        out = Path(results_root) / f"{name}-{chosen.name}{at}"
+        out = Path(results_root) / chosen.results_name(name)
         try:
             outcomes[name] = run(name, entries, preset, out=out, progress=progress, **options)
         except Exception as exc:  # noqa: BLE001 - one task's failure must not lose the others'

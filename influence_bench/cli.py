@@ -306,16 +306,9 @@ def run(
                  "(use --results-root)")
         return run_all_tasks(preset, names, cache_dir, device, plugin_list, damping, dense_limit, isolate, jobs,
                              entry_timeout, entry_memory, alphas, loo, fresh, results_root, report_dir)
-    try:
-        task_name = check_names(task, names, plugin_list)
-        chosen = get_preset(preset).with_alphas(parse_alphas(alphas))
-        if jobs < 1 or (jobs > 1 and not isolate):
-            raise ValueError(f"--jobs {jobs}: use --jobs >= 1, and more than 1 only with --isolate")
-    except (UnknownTaskError, UnknownPresetError, UnknownEntryError, ValueError, ImportError) as exc:
-        fail(str(exc))
+    task_name, chosen = checked_run_options([task], names, plugin_list, preset, alphas, jobs, isolate)
     device = check_device(device)
-    at = "" if chosen.alphas == get_preset(preset).alphas else "-alpha" + "-".join(f"{a:g}" for a in chosen.alphas)
-    out_dir = out or Path("results") / f"{task_name}-{chosen.name}{at}"
+    out_dir = out or Path("results") / chosen.results_name(task_name)
     from influence_bench.groundtruth.cache import UnwritableDirectoryError, check_writable
 
     try:  # here too, before torch is imported: a sentence at once
@@ -349,18 +342,24 @@ def run(
              code=1)
 
 
-def run_all_tasks(preset, names, cache_dir, device, plugin_list, damping, dense_limit, isolate, jobs, entry_timeout,
-                  entry_memory, alphas, loo, fresh, results_root: Path, report_dir: Path) -> None:
-    """`run --task all`: every task of the fixed set in turn, then the cross-task leaderboard."""
-    task_set = catalogue.load()["task_set"]
+def checked_run_options(tasks: list[str], names, plugin_list, preset: str, alphas, jobs: int, isolate: bool):
+    """Every task and entry name, the preset, its alphas and --jobs checked before any work (a one-line error
+    otherwise): the first task's name and the chosen preset."""
     try:
-        for task in task_set:
-            check_names(task, names, plugin_list)
+        task_name = [check_names(task, names, plugin_list) for task in tasks][0]
         chosen = get_preset(preset).with_alphas(parse_alphas(alphas))
         if jobs < 1 or (jobs > 1 and not isolate):
             raise ValueError(f"--jobs {jobs}: use --jobs >= 1, and more than 1 only with --isolate")
     except (UnknownTaskError, UnknownPresetError, UnknownEntryError, ValueError, ImportError) as exc:
         fail(str(exc))
+    return task_name, chosen
+
+
+def run_all_tasks(preset, names, cache_dir, device, plugin_list, damping, dense_limit, isolate, jobs, entry_timeout,
+                  entry_memory, alphas, loo, fresh, results_root: Path, report_dir: Path) -> None:
+    """`run --task all`: every task of the fixed set in turn, then the cross-task leaderboard."""
+    task_set = catalogue.load()["task_set"]
+    chosen = checked_run_options(task_set, names, plugin_list, preset, alphas, jobs, isolate)[1]
     device = check_device(device)
     from influence_bench.api import RunResults, run_all
 

@@ -43,6 +43,12 @@ class Preset:
         chosen = tuple(b for b in ALPHAS if any(abs(a - b) < 1e-9 for a in alphas))
         return dataclasses.replace(self, alphas=chosen)
 
+    def results_name(self, task: str) -> str:
+        """The default results directory of a run of ``task``: TASK-PRESET, with -alphaA-B when a subset."""
+        full = PRESETS[self.name].alphas if self.name in PRESETS else self.alphas
+        at = "" if self.alphas == full else "-alpha" + "-".join(f"{a:g}" for a in self.alphas)
+        return f"{task}-{self.name}{at}"
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("description")
