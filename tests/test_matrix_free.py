@@ -75,6 +75,34 @@ def test_lanczos_gives_curvlinops_cg_iterates_for_every_damping(tiny_problem, ro
     assert relative_error(ours, dense_solve(tiny_problem, rows, 1e-1)) > 1e-8
 
 
+def test_cg_keeps_a_large_basis_in_float32_and_bounds_its_cache(tiny_problem, rows, monkeypatch):
+    """Above FLOAT64_BASIS_BYTES the basis is float32, and the iterates stay within 1e-5 of the float64
+    ones; above CACHE_BYTES the oldest runs are dropped, and a dropped row is run again, not lost."""
+    exact64 = cg.CG(max_iter=15, tol=1e-30).fit(tiny_problem).inverse(rows, 1e-2)
+    monkeypatch.setattr(cg, "FLOAT64_BASIS_BYTES", 0)
+    one_run = 15 * 3 * tiny_problem.n_params * 4  # three rows' float32 basis
+    monkeypatch.setattr(cg, "CACHE_BYTES", one_run)
+    entry = cg.CG(max_iter=15, tol=1e-30).fit(tiny_problem)
+    calls = []
+    entry.operator_ = _counting(entry.operator_, calls)
+    first, second = entry.inverse(rows[:3], 1e-2), entry.inverse(rows[3:], 1e-2)
+    assert [run.basis.dtype for run in entry.krylov_.values()] == [torch.float32]  # the first run was dropped
+    assert relative_error(torch.cat([first, second]), exact64) < 1e-5
+    assert relative_error(torch.cat([first, second]), exact64) > 0  # float32 storage, not float64
+    entry.inverse(rows[3:], 1e-1)
+    assert len(calls) == 30  # the cached rows were reused at a new damping
+    again = entry.inverse(rows[:3], 1e-2)
+    assert len(calls) == 45 and torch.equal(again, first)  # the dropped rows: Lanczos again, same iterates
+
+
+def test_rows_matvec_in_chunks_equals_one_product(tiny_problem, rows):
+    operator = tiny_problem.ggn_operator
+    whole = curvlinops_adapter.rows_matvec(operator, chunk=len(rows))(rows)
+    pieces = curvlinops_adapter.rows_matvec(operator, chunk=4)(rows)
+    assert torch.allclose(pieces, whole, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(whole, rows @ tiny_problem.ggn, rtol=1e-8, atol=1e-12)
+
+
 def _counting(operator, calls):
     """The operator, with every product recorded in ``calls``."""
     matvec = curvlinops_adapter.rows_matvec(operator)

@@ -38,6 +38,7 @@ with warnings.catch_warnings():
 # exact GGN factors; sampled labels (curvlinops' default, one sample); the empirical Fisher (observed labels)
 FISHER_TYPES = {"type-2": "type-2", "mc": "mc", "empirical": "empirical"}
 DATA_BATCH = 512
+MATVEC_ROWS = 256  # vectors per curvlinops product: its intermediates grow like data batch x width x vectors
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor, size: int = DATA_BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -110,9 +111,14 @@ def as_operator(matvec_rows: Callable[[torch.Tensor], torch.Tensor], dim: int,
     return _RowsOperator(matvec_rows, dim, dtype)
 
 
-def rows_matvec(operator: PyTorchLinearOperator) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The suite's row convention for a curvlinops operator: ``[k, P] -> [k, P]``."""
-    return lambda rows: (operator @ rows.T.contiguous()).T
+def rows_matvec(operator: PyTorchLinearOperator, chunk: int = MATVEC_ROWS) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The suite's row convention for a curvlinops operator: ``[k, P] -> [k, P]``, ``chunk`` rows per
+    product. curvlinops keeps every vector's activations of a data batch at once (wide-mlp: 512 points x
+    256 units x 1,024 vectors = 1 GiB per layer), so a thousand vectors go through in pieces."""
+    def matvec(rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([(operator @ piece.T.contiguous()).T for piece in rows.split(chunk)]) if len(rows) else rows.clone()
+
+    return matvec
 
 
 def damped(operator: PyTorchLinearOperator, damping: float) -> PyTorchLinearOperator:

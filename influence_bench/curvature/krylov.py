@@ -35,8 +35,14 @@ class LanczosRun:
     def steps(self) -> int:
         return self.alpha.shape[0]
 
-    def rows(self, index: torch.Tensor) -> "LanczosRun":
-        return LanczosRun(self.basis[:, index], self.alpha[:, index], self.beta[:, index], self.norm[index])
+    def split(self) -> list["LanczosRun"]:
+        """One run per right-hand side, as views (no copy of the basis)."""
+        return [LanczosRun(self.basis[:, j : j + 1], self.alpha[:, j : j + 1], self.beta[:, j : j + 1], self.norm[j : j + 1])
+                for j in range(self.alpha.shape[1])]
+
+    @property
+    def nbytes(self) -> int:
+        return self.basis.numel() * self.basis.element_size()
 
     def tridiagonal(self, shift: float) -> torch.Tensor:
         """T_m + shift I for each right-hand side: [k, m, m]."""
@@ -64,20 +70,26 @@ class LanczosRun:
             done |= newly
             if bool(done.all()):
                 break
-        x = torch.einsum("km,mkp->kp", coefficients * self.norm[:, None], self.basis)
+        weights = coefficients * self.norm[:, None]  # [k, m]
+        x = torch.zeros(k, self.basis.shape[2], dtype=weights.dtype)
+        for j in range(m):  # one step at a time: a float32 basis is never copied whole to float64
+            x += weights[:, j, None] * self.basis[j]
         return x, used
 
 
-def lanczos(matvec: RowsMatvec, rhs: torch.Tensor, steps: int) -> LanczosRun:
-    """``steps`` Lanczos steps on each row of rhs [k, P] (no reorthogonalisation, as in CG)."""
+def lanczos(matvec: RowsMatvec, rhs: torch.Tensor, steps: int, basis_dtype: torch.dtype | None = None) -> LanczosRun:
+    """``steps`` Lanczos steps on each row of rhs [k, P] (no reorthogonalisation, as in CG). The
+    recurrence runs in rhs's dtype; the basis is kept in ``basis_dtype`` (default: the same), written
+    into one preallocated [steps, k, P] tensor."""
     k, dim = rhs.shape
     norm = torch.linalg.norm(rhs, dim=1)
     q = rhs / norm.clamp_min(1e-300)[:, None]
     q_prev = torch.zeros_like(q)
     beta_prev = torch.zeros(k, dtype=rhs.dtype)
-    basis, alphas, betas = [], [], []
-    for _ in range(steps):
-        basis.append(q)
+    basis = torch.empty(steps, k, dim, dtype=basis_dtype or rhs.dtype)
+    alphas, betas = [], []
+    for step in range(steps):
+        basis[step] = q
         w = matvec(q) - beta_prev[:, None] * q_prev
         alpha = (w * q).sum(1)
         w = w - alpha[:, None] * q
@@ -87,7 +99,7 @@ def lanczos(matvec: RowsMatvec, rhs: torch.Tensor, steps: int) -> LanczosRun:
         betas.append(torch.where(breakdown, torch.zeros_like(beta), beta))
         q_prev, q = q, torch.where(breakdown[:, None], torch.zeros_like(w), w / beta.clamp_min(1e-300)[:, None])
         beta_prev = betas[-1]
-    return LanczosRun(torch.stack(basis), torch.stack(alphas), torch.stack(betas), norm)
+    return LanczosRun(basis, torch.stack(alphas), torch.stack(betas), norm)
 
 
 def top_eigenpairs(matvec: RowsMatvec, dim: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

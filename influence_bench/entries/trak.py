@@ -54,8 +54,8 @@ class TRAK(Entry):
         generator = torch.Generator().manual_seed(PROJECTION_SEED)
         if self.params["projection"] == "gaussian":
             return torch.randn(k, n_params, generator=generator, dtype=torch.float64) / k ** 0.5
-        signs = torch.randint(0, 2, (k, n_params), generator=generator).to(torch.float64) * 2 - 1
-        return signs / k ** 0.5
+        signs = torch.randint(0, 2, (k, n_params), generator=generator).to(torch.float64)
+        return signs.mul_(2).sub_(1).div_(k ** 0.5)  # in place: wide-mlp's R is 830 MB
 
     def skip(self, problem):
         if self.params["checkpoints"] == "all" and not problem.checkpoints:
