@@ -5,6 +5,7 @@ Run: ``asv run --python=same --quick --show-stderr --bench Speedup`` (see README
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -109,6 +110,88 @@ class SpeedupBatchedTraining:
         return batched / plain
 
     track_speedup_256_half_data_models.unit = "x"
+
+
+N_ENGINE_EPOCHS = 10  # the 100-epoch recipe cut to 10: throughput per step does not depend on the count
+
+
+def training_flops(spec, data, recipe, n_models: int) -> float:
+    """Floating-point operations of the matrix products of training ``n_models`` models with ``recipe``:
+    one step counted by ``torch.utils.flop_counter`` (forward and backward products; the elementwise work
+    is not counted), times the steps."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from influence_bench.training.batch_order import n_steps_per_epoch
+    from influence_bench.training.batched import initial_stack
+
+    stack = initial_stack(spec, list(range(n_models)))
+    idx = torch.randint(data.n_train, (n_models, recipe.batch_size), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        stack.mean_loss_gradients(data.x_train[idx], data.y_train[idx])
+    steps = n_steps_per_epoch(data.n_train // 2, recipe.batch_size, recipe.drop_last) * recipe.epochs
+    return float(counter.get_total_flops()) * steps
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
+    """This machine's measured matrix-multiply rate (FLOP/s): float32 [size, size] products on every
+    thread torch uses, best of ``repeats``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+class SpeedupEngine:
+    """256 half-data digits-mlp models (the recipe at 10 epochs), side by side in one run: the engine as it
+    was (one process, torch's intra-op threads, eager steps) against the engine as ground truths now run it
+    (one single-threaded worker process per core, each step compiled by torch.compile). Both give every
+    model the same parameters (to float rounding: tests/test_executors.py). The output gives each one's
+    achieved FLOP/s of its matrix products against this machine's measured matrix-multiply peak."""
+
+    timeout = 1800
+    number = 1
+    repeat = 1
+
+    def setup(self):
+        import dataclasses
+
+        from influence_bench.training import parallel
+
+        self.spec = get_task("digits-mlp")
+        self.data = self.spec.data
+        self.recipe = dataclasses.replace(self.spec.recipe, epochs=N_ENGINE_EPOCHS)
+        self.members = half_data_members(N_BATCHED, self.data.n_train)
+        self.workers = parallel.default_workers()
+        warm = dataclasses.replace(self.recipe, epochs=1)  # the pool started and each worker's step compiled
+        train_batched(self.spec, self.data, self.members, list(range(N_BATCHED)), warm, workers=self.workers, compile=True)
+
+    def _seconds(self, **engine) -> float:
+        start = time.perf_counter()
+        train_batched(self.spec, self.data, self.members, list(range(N_BATCHED)), self.recipe, **engine)
+        return time.perf_counter() - start
+
+    def track_workers_compiled_over_threads(self):
+        threads = self._seconds(workers=1, compile=False)
+        workers = self._seconds(workers=self.workers, compile=True)
+        flops, peak = training_flops(self.spec, self.data, self.recipe, N_BATCHED), matmul_peak_flops()
+        for name, seconds in (("one process, threads, eager", threads),
+                              (f"{self.workers} worker processes, compiled", workers)):
+            print(f"{name}: {seconds:.2f} s, {N_BATCHED / seconds:.1f} models/s, {flops / seconds / 1e9:.1f} GFLOP/s "
+                  f"= {flops / seconds / peak:.1%} of the measured matmul peak {peak / 1e9:.1f} GFLOP/s")
+        print(f"ratio {threads / workers:.2f}x ({torch.get_num_threads()} intra-op threads against {self.workers} workers)")
+        return threads / workers
+
+    track_workers_compiled_over_threads.unit = "x"
+
+    def track_workers_fraction_of_matmul_peak(self):
+        seconds = self._seconds(workers=self.workers, compile=True)
+        return training_flops(self.spec, self.data, self.recipe, N_BATCHED) / seconds / matmul_peak_flops()
+
+    track_workers_fraction_of_matmul_peak.unit = "fraction"
 
 
 def digits_problem():

@@ -219,6 +219,13 @@ def groundtruth(
     device: str = DeviceOption,
     loo: bool = typer.Option(False, "--loo/--no-loo", help="Also build the leave-one-out ground truth and print its ceiling."),
     alphas: Optional[str] = AlphasOption,
+    executor: str = typer.Option("local", help="Where the chunks train: local (this machine) or ray (a Ray "
+                                 "cluster; the optional extra: pip install -e '.[ray]')."),
+    address: Optional[str] = typer.Option(None, help="With --executor ray: the cluster to join (ray://HOST:10001, "
+                                          "HOST:6379 or auto); default: a local cluster started for this build."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Local: worker processes, one thread each (default: "
+                                          "$INFLUENCE_BENCH_WORKERS or one per core). Ray without --address: the "
+                                          "local cluster's cores."),
 ):
     """Build (or load from the cache) the LDS ground truth of a task and print its noise ceiling;
     with ``--loo`` also the leave-one-out ground truth and its ceiling."""
@@ -226,6 +233,12 @@ def groundtruth(
         catalogue.task_name(task)
         chosen = get_preset(preset).with_alphas(parse_alphas(alphas))
     except (UnknownTaskError, UnknownPresetError, ValueError) as exc:
+        fail(str(exc))
+    from influence_bench.groundtruth.executors import RayUnavailableError, get_executor
+
+    try:
+        runner = get_executor(executor, address, workers)
+    except (ValueError, RayUnavailableError) as exc:
         fail(str(exc))
     device = check_device(device)
     from influence_bench.groundtruth.lds import build_lds_groundtruth, groundtruth_dir
@@ -241,9 +254,9 @@ def groundtruth(
     except UnwritableDirectoryError as exc:
         fail(str(exc))
     console.print(f"ground truth of [bold]{spec.key}[/], preset [bold]{chosen.name}[/] "
-                  f"({chosen.n_trainings:,} trainings) in {groundtruth_dir(spec, chosen, cache_dir)}")
+                  f"({chosen.n_trainings:,} trainings, executor {runner.name}) in {groundtruth_dir(spec, chosen, cache_dir)}")
     start = time.perf_counter()
-    gt = build_lds_groundtruth(spec, chosen, cache_dir, device=device)
+    gt = build_lds_groundtruth(spec, chosen, cache_dir, device=device, executor=runner)
     elapsed = time.perf_counter() - start
     table = Table(title=f"noise ceiling (split-half Spearman-Brown), {elapsed:.1f} s", title_justify="left")
     for column in ("alpha", "ceiling", "95% CI", "clipped test points", "undefined test points"):
@@ -261,7 +274,7 @@ def groundtruth(
     console.print(f"leave-one-out ground truth, {chosen.loo_points} removed points "
                   f"({chosen.n_loo_trainings:,} trainings) in {loo_dir(spec, chosen, cache_dir)}")
     start = time.perf_counter()
-    loo_gt = build_loo_groundtruth(spec, chosen, cache_dir, device=device)
+    loo_gt = build_loo_groundtruth(spec, chosen, cache_dir, device=device, executor=runner)
     elapsed = time.perf_counter() - start
     table = Table(title=f"leave-one-out noise ceiling (split-half Spearman-Brown), {elapsed:.1f} s",
                   title_justify="left")

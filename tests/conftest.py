@@ -51,9 +51,13 @@ def _test_registries():
 
 @pytest.fixture(autouse=True, scope="session")
 def _own_default_cache(tmp_path_factory):
-    """No test reads or writes the user's cache: the default cache is the session's own, empty at the start."""
+    """No test reads or writes the user's cache: the default cache is the session's own, empty at the start.
+    Ground truths train in the test's own process (one worker), uncompiled: the tests of
+    ``training.parallel``, ``groundtruth.executors`` and the compiled step turn them on where they check them."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("INFLUENCE_BENCH_CACHE", str(tmp_path_factory.mktemp("default-cache")))
+        mp.setenv("INFLUENCE_BENCH_WORKERS", "1")
+        mp.setenv("INFLUENCE_BENCH_COMPILE", "0")
         yield
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-import influence_bench.groundtruth.lds as lds_module
+import influence_bench.training.batched as batched_module
 from influence_bench.groundtruth import build_lds_groundtruth, draw_masks, get_preset, groundtruth_dir
 from influence_bench.groundtruth.cache import default_cache_dir
 
@@ -11,13 +11,13 @@ SMOKE = get_preset("smoke")
 @pytest.fixture
 def count_trainings(monkeypatch):
     calls = []
-    real = lds_module.train_batched
+    real = batched_module.train_batched
 
     def counting(*args, **kwargs):
         calls.append(args[2].shape[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lds_module, "train_batched", counting)
+    monkeypatch.setattr(batched_module, "train_batched", counting)
     return calls
 
 
@@ -65,7 +65,7 @@ def test_damaged_chunk_is_reported_and_rebuilt(digits, cache_dir, count_training
 
 
 def test_interrupted_build_resumes_from_finished_masks(digits, cache_dir, monkeypatch):
-    real = lds_module.train_batched
+    real = batched_module.train_batched
     budget = {"left": 3}
 
     def crash_after_three(*args, **kwargs):
@@ -74,14 +74,14 @@ def test_interrupted_build_resumes_from_finished_masks(digits, cache_dir, monkey
         budget["left"] -= 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lds_module, "train_batched", crash_after_three)
+    monkeypatch.setattr(batched_module, "train_batched", crash_after_three)
     with pytest.raises(KeyboardInterrupt):
         build_lds_groundtruth(digits, SMOKE, progress=False)
     done = list(groundtruth_dir(digits, SMOKE).glob("alpha*/chunk*.npz"))
     assert len(done) == 3
 
     calls = []
-    monkeypatch.setattr(lds_module, "train_batched", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(batched_module, "train_batched", lambda *a, **k: calls.append(1) or real(*a, **k))
     gt = build_lds_groundtruth(digits, SMOKE, progress=False)
     n_chunks = len(SMOKE.alphas) * -(-SMOKE.n_masks // SMOKE.masks_per_chunk)
     assert len(calls) == n_chunks - 3 and np.isfinite(gt.losses).all()

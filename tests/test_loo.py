@@ -9,7 +9,7 @@ from scipy.stats import pearsonr, spearmanr
 from typer.testing import CliRunner
 
 import influence_bench.cli as cli_module
-import influence_bench.groundtruth.loo as loo_module
+import influence_bench.training.batched as batched_module
 from influence_bench.groundtruth import (
     LOOGroundTruth, build_loo_groundtruth, draw_loo_points, get_preset, groundtruth_dir, loo_dir,
 )
@@ -25,13 +25,13 @@ TINY = dataclasses.replace(get_preset("smoke"), epochs=1, loo_points=3, models_p
 @pytest.fixture
 def count_trainings(monkeypatch):
     calls = []
-    real = loo_module.train_batched
+    real = batched_module.train_batched
 
     def counting(*args, **kwargs):
         calls.append(args[2].shape[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loo_module, "train_batched", counting)
+    monkeypatch.setattr(batched_module, "train_batched", counting)
     return calls
 
 
@@ -97,7 +97,7 @@ def test_corrupt_chunk_is_reported_and_rebuilt(digits, cache_dir, count_training
 
 
 def test_interrupted_build_resumes_from_finished_chunks(digits, cache_dir, monkeypatch):
-    real = loo_module.train_batched
+    real = batched_module.train_batched
     budget = {"left": 2}
 
     def crash_after_two(*args, **kwargs):
@@ -106,11 +106,11 @@ def test_interrupted_build_resumes_from_finished_chunks(digits, cache_dir, monke
         budget["left"] -= 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loo_module, "train_batched", crash_after_two)
+    monkeypatch.setattr(batched_module, "train_batched", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         build_loo_groundtruth(digits, TINY, progress=False)
     calls = []
-    monkeypatch.setattr(loo_module, "train_batched", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(batched_module, "train_batched", lambda *a, **k: calls.append(1) or real(*a, **k))
     gt = build_loo_groundtruth(digits, TINY, progress=False)
     assert len(calls) == 4 - 2 and np.isfinite(gt.losses_without).all()
 

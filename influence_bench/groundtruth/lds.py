@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from influence_bench import PROTOCOL_VERSION, __version__
 from influence_bench.groundtruth.cache import ArtifactStore, build_lock, content_key, default_cache_dir
+from influence_bench.groundtruth.executors import Chunk, Executor, LocalExecutor, Work
 from influence_bench.groundtruth.presets import Preset
 from influence_bench.tasks.spec import TaskData, TaskSpec
-from influence_bench.training.batched import StackedMLP, StackedModule, train_batched
+from influence_bench.training.batched import StackedMLP, StackedModule
 
 
 @dataclass
@@ -74,15 +75,18 @@ def build_lds_groundtruth(
     device: str = "cpu",
     progress: bool = True,
     data: TaskData | None = None,
+    executor: Executor | None = None,
 ) -> LDSGroundTruth:
-    """Load it from the cache, training whatever is missing or failed its check. One process at a time
-    builds it (``build_lock``): a second builder waits, then finds the models in the cache."""
+    """Load it from the cache, training whatever is missing or failed its check, on ``executor``
+    (default: this machine, one worker process per core). One process at a time builds it
+    (``build_lock``): a second builder waits, then finds the models in the cache."""
     root = groundtruth_dir(spec, preset, cache_dir)
     with build_lock(root, f"the LDS ground truth of {spec.key}/{preset.name}"):
-        return _build_lds_groundtruth(spec, preset, root, device, progress, data or spec.data)
+        return _build_lds_groundtruth(spec, preset, root, device, progress, data or spec.data, executor or LocalExecutor())
 
 
-def _build_lds_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: str, progress: bool, data: TaskData) -> LDSGroundTruth:
+def _build_lds_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: str, progress: bool, data: TaskData,
+                           executor: Executor) -> LDSGroundTruth:
     """Load the ground truth from the cache, training whatever is missing or failed its check."""
     store = ArtifactStore(root)
     recipe = spec.recipe.with_epochs(preset.epochs)
@@ -90,7 +94,7 @@ def _build_lds_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: s
     all_masks = np.stack([draw_masks(spec, a, preset.n_masks, data.n_train) for a in preset.alphas])
     losses = np.full((len(preset.alphas), preset.n_masks, preset.n_seeds, data.n_test), np.nan, np.float32)
 
-    todo: list[tuple[int, int, slice]] = []
+    todo: list[tuple[Chunk, int, slice]] = []
     for a, alpha in enumerate(preset.alphas):
         for c, start in enumerate(range(0, preset.n_masks, preset.masks_per_chunk)):
             part = slice(start, min(start + preset.masks_per_chunk, preset.n_masks))
@@ -108,18 +112,19 @@ def _build_lds_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: s
 
             cached = store.load_arrays(_chunk_name(alpha, c), check)
             if cached is None:
-                todo.append((a, c, part))
+                members = torch.as_tensor(np.repeat(expected, preset.n_seeds, axis=0))  # mask-major, seed-minor
+                chunk = Chunk(_chunk_name(alpha, c), members, expected.shape[0], {"masks": expected, "seeds": np.array(seeds)})
+                todo.append((chunk, a, part))
             else:
                 losses[a, part] = cached["losses"]
 
-    done_models = preset.n_trainings - sum((p.stop - p.start) * preset.n_seeds for _, _, p in todo)
+    done_models = preset.n_trainings - sum(chunk.n_models(preset.n_seeds) for chunk, _, _ in todo)
     bar = models_bar(f"ground truth {spec.name}/{preset.name}", preset.n_trainings, done_models, progress)
+    where = {id(chunk): (a, part) for chunk, a, part in todo}
+    work = Work(spec, data, recipe, tuple(seeds), device)
     with bar:
-        for a, c, part in todo:
-            masks = all_masks[a, part]
-            members = torch.as_tensor(np.repeat(masks, preset.n_seeds, axis=0))  # mask-major, seed-minor
-            stack = train_batched(spec, data, members, seeds * masks.shape[0], recipe, device, on_epoch=bar.update)
-            chunk = stack_test_losses(stack, data, device, masks.shape[0], preset.n_seeds)
-            store.save_arrays(_chunk_name(preset.alphas[a], c), masks=masks, seeds=np.array(seeds), losses=chunk)
-            losses[a, part] = chunk
+        for chunk, chunk_losses in executor.map(work, [chunk for chunk, _, _ in todo], bar.update):
+            store.save_arrays(chunk.name, **chunk.arrays, losses=chunk_losses)
+            a, part = where[id(chunk)]
+            losses[a, part] = chunk_losses
     return LDSGroundTruth(np.array(preset.alphas), all_masks, losses)

@@ -18,10 +18,10 @@ import torch
 
 from influence_bench import PROTOCOL_VERSION, __version__
 from influence_bench.groundtruth.cache import ArtifactStore, build_lock, content_key, default_cache_dir
-from influence_bench.groundtruth.lds import models_bar, stack_test_losses
+from influence_bench.groundtruth.executors import Chunk, Executor, LocalExecutor, Work
+from influence_bench.groundtruth.lds import models_bar
 from influence_bench.groundtruth.presets import Preset
 from influence_bench.tasks.spec import TaskData, TaskSpec
-from influence_bench.training.batched import train_batched
 
 # second word of the removed points' seed; the LDS masks use round(alpha * 1000) <= 1000, so no overlap
 LOO_SEED_TAG = 4_000_001
@@ -73,15 +73,18 @@ def build_loo_groundtruth(
     device: str = "cpu",
     progress: bool = True,
     data: TaskData | None = None,
+    executor: Executor | None = None,
 ) -> LOOGroundTruth:
-    """Load it from the cache, training whatever is missing or failed its check. One process at a time
-    builds it (``build_lock``): a second builder waits, then finds the models in the cache."""
+    """Load it from the cache, training whatever is missing or failed its check, on ``executor``
+    (default: this machine, one worker process per core). One process at a time builds it
+    (``build_lock``): a second builder waits, then finds the models in the cache."""
     root = loo_dir(spec, preset, cache_dir)
     with build_lock(root, f"the leave-one-out ground truth of {spec.key}/{preset.name}"):
-        return _build_loo_groundtruth(spec, preset, root, device, progress, data or spec.data)
+        return _build_loo_groundtruth(spec, preset, root, device, progress, data or spec.data, executor or LocalExecutor())
 
 
-def _build_loo_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: str, progress: bool, data: TaskData) -> LOOGroundTruth:
+def _build_loo_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: str, progress: bool, data: TaskData,
+                           executor: Executor) -> LOOGroundTruth:
     """Load the LOO ground truth from the cache, training whatever is missing or failed its check."""
     store = ArtifactStore(root)
     recipe = spec.recipe.with_epochs(preset.epochs)
@@ -108,32 +111,35 @@ def _build_loo_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: s
     full = store.load_arrays(FULL_CHUNK, make_check(None, (preset.n_seeds, data.n_test)))
     losses_full = full["losses"] if full is not None else None
     losses_without = np.full((len(removed), preset.n_seeds, data.n_test), np.nan, np.float32)
-    todo: list[tuple[int, slice]] = []
+    todo: list[tuple[Chunk, slice | None]] = []
+    if full is None:
+        todo.append((Chunk(FULL_CHUNK, torch.ones(preset.n_seeds, data.n_train, dtype=torch.bool), 1,
+                           {"seeds": np.array(seeds)}), None))
     for c, start in enumerate(range(0, len(removed), per_chunk)):
         part = slice(start, min(start + per_chunk, len(removed)))
         shape = (part.stop - part.start, preset.n_seeds, data.n_test)
         cached = store.load_arrays(_chunk_name(c), make_check(removed[part], shape))
         if cached is None:
-            todo.append((c, part))
-        else:
-            losses_without[part] = cached["losses"]
-
-    n_todo = sum((p.stop - p.start) * preset.n_seeds for _, p in todo) + (preset.n_seeds if full is None else 0)
-    bar = models_bar(f"leave-one-out {spec.name}/{preset.name}", preset.n_loo_trainings,
-                     preset.n_loo_trainings - n_todo, progress)
-    with bar:
-        if losses_full is None:
-            members = torch.ones(preset.n_seeds, data.n_train, dtype=torch.bool)
-            stack = train_batched(spec, data, members, seeds, recipe, device, on_epoch=bar.update)
-            losses_full = stack_test_losses(stack, data, device, 1, preset.n_seeds)[0]
-            store.save_arrays(FULL_CHUNK, seeds=np.array(seeds), losses=losses_full)
-        for c, part in todo:
             points = removed[part]
             members = torch.ones(len(points), data.n_train, dtype=torch.bool)
             members[torch.arange(len(points)), torch.as_tensor(points)] = False
             members = members.repeat_interleave(preset.n_seeds, dim=0)  # point-major, seed-minor
-            stack = train_batched(spec, data, members, seeds * len(points), recipe, device, on_epoch=bar.update)
-            chunk = stack_test_losses(stack, data, device, len(points), preset.n_seeds)
-            store.save_arrays(_chunk_name(c), removed=points, seeds=np.array(seeds), losses=chunk)
-            losses_without[part] = chunk
+            todo.append((Chunk(_chunk_name(c), members, len(points), {"removed": points, "seeds": np.array(seeds)}), part))
+        else:
+            losses_without[part] = cached["losses"]
+
+    n_todo = sum(chunk.n_models(preset.n_seeds) for chunk, _ in todo)
+    bar = models_bar(f"leave-one-out {spec.name}/{preset.name}", preset.n_loo_trainings,
+                     preset.n_loo_trainings - n_todo, progress)
+    where = {id(chunk): part for chunk, part in todo}
+    work = Work(spec, data, recipe, tuple(seeds), device)
+    with bar:
+        for chunk, chunk_losses in executor.map(work, [chunk for chunk, _ in todo], bar.update):
+            part = where[id(chunk)]
+            if part is None:  # the full-data models
+                losses_full = chunk_losses[0]
+                store.save_arrays(chunk.name, **chunk.arrays, losses=losses_full)
+            else:
+                store.save_arrays(chunk.name, **chunk.arrays, losses=chunk_losses)
+                losses_without[part] = chunk_losses
     return LOOGroundTruth(removed, np.array(seeds), losses_without, losses_full)

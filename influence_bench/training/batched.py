@@ -14,7 +14,10 @@ the plain loop, on every task in one run.
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -149,6 +152,57 @@ def mean_loss_gradients(stack: StackedMLP, x: torch.Tensor, y: torch.Tensor) -> 
     return grads[::-1]
 
 
+def sgd_step(stack, params: list[torch.Tensor], buffers: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+             lr: float | torch.Tensor, momentum: float, weight_decay: float) -> None:
+    """One step of every model, in place: SGD with momentum as ``torch.optim.SGD`` takes it."""
+    grads = stack.mean_loss_gradients(x, y)
+    if weight_decay:
+        torch._foreach_add_(grads, params, alpha=weight_decay)
+    torch._foreach_mul_(buffers, momentum)
+    torch._foreach_add_(buffers, grads)
+    if isinstance(lr, torch.Tensor):  # compiled: a tensor rate, so that a schedule does not recompile
+        torch._foreach_add_(params, torch._foreach_mul(buffers, lr), alpha=-1)
+    else:
+        torch._foreach_add_(params, buffers, alpha=-lr)
+
+
+_COMPILED: dict[tuple[float, float], Callable] = {}
+COMPILE_ENV = "INFLUENCE_BENCH_COMPILE"
+
+
+def compiled_step(recipe: TrainingRecipe) -> Callable:
+    """``sgd_step`` through ``torch.compile`` (Inductor: the GELUs, biases, softmax and the optimiser's
+    updates fused into a few loops around the matrix products), one per momentum and weight decay;
+    shapes are static, so each stack size compiles once per process (Inductor caches on disk)."""
+    key = (recipe.momentum, recipe.weight_decay)
+    if key in _COMPILED:
+        return _COMPILED[key]
+    eager = partial(sgd_step, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    chosen = [torch.compile(eager, dynamic=False)]
+
+    def step(*args):
+        try:
+            return chosen[0](*args)
+        except Exception as exc:  # noqa: BLE001 - Inductor fails before any update (no C++ compiler, say)
+            if chosen[0] is eager:
+                raise
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training without it "
+                          f"(set {COMPILE_ENV}=0 to skip the attempt)", RuntimeWarning, stacklevel=2)
+            chosen[0] = eager
+            return eager(*args)
+
+    _COMPILED[key] = step
+    return step
+
+
+def default_compile(device: str | torch.device = "cpu") -> bool:
+    """``$INFLUENCE_BENCH_COMPILE`` (0 or 1), else on for the CPU."""
+    value = os.environ.get(COMPILE_ENV)
+    if value is not None and value not in ("0", "1"):
+        raise ValueError(f"${COMPILE_ENV}={value!r}: use 0 or 1")
+    return value == "1" if value is not None else torch.device(device).type == "cpu"
+
+
 def train_batched(
     spec: TaskSpec,
     data: TaskData,
@@ -159,6 +213,8 @@ def train_batched(
     on_epoch: Callable[[float], None] | None = None,
     at_epoch_end: Callable[[int, float, StackedMLP | StackedModule], None] | None = None,
     engine: str = "auto",
+    workers: int = 1,
+    compile: bool = False,
 ) -> StackedMLP | StackedModule:
     """Train ``len(seeds)`` models; members: [B, n_train] bool with the same count in every row.
 
@@ -167,6 +223,13 @@ def train_batched(
     with the share of the batch done, in models, for progress bars; ``at_epoch_end(epoch, lr, stack)``
     after every epoch (1-based) with the rate it used, to keep checkpoints. engine: ``auto`` (the
     MLP fast path where it applies, else the generic engine), ``generic`` or ``mlp``.
+
+    ``workers > 1`` splits the models over that many single-threaded worker processes
+    (``training.parallel``; the same parameters per model) and reports progress as each group finishes;
+    it applies on the CPU without ``at_epoch_end`` (checkpoints need the stack at every epoch), and with
+    a spec and data that pickle (else this process trains them all, with a warning). ``compile=True``
+    runs each step through ``torch.compile`` (``compiled_step``: the elementwise work fused, the same
+    steps to float rounding).
     """
     recipe = recipe or spec.recipe
     members = torch.as_tensor(members, dtype=torch.bool).cpu()
@@ -175,6 +238,15 @@ def train_batched(
     counts = members.sum(1)
     if not bool((counts == counts[0]).all()):
         raise ValueError("every model of one batch must train on the same number of points; group by subset size")
+    if workers > 1 and len(seeds) > 1 and at_epoch_end is None and torch.device(device).type == "cpu":
+        from influence_bench.training import parallel
+
+        why = parallel.picklable(spec, data, recipe)
+        if why is None:
+            return parallel.train_in_workers(spec, data, members, list(seeds), recipe, device, engine, workers, on_epoch,
+                                             compile)
+        warnings.warn(f"training {len(seeds)} models of {spec.name} in this process: the task does not pickle "
+                      f"for worker processes ({why})", RuntimeWarning, stacklevel=2)
     n_models, bs = len(seeds), recipe.batch_size
     steps = n_steps_per_epoch(int(counts[0]), bs, recipe.drop_last)
 
@@ -183,17 +255,14 @@ def train_batched(
     buffers = [torch.zeros_like(p) for p in params]
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
+    step = compiled_step(recipe) if compile else partial(sgd_step, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
     for epoch, lr in enumerate(recipe.learning_rates(), start=1):
         orders = torch.stack([epoch_order(g, m) for g, m in zip(generators, members)]).to(device)
+        rate = torch.tensor(lr, dtype=params[0].dtype, device=device) if compile else lr
         for k in range(steps):
             idx = orders[:, k * bs : (k + 1) * bs]  # [B, bs]
-            grads = stack.mean_loss_gradients(x_train[idx], y_train[idx])
-            if recipe.weight_decay:
-                torch._foreach_add_(grads, params, alpha=recipe.weight_decay)
-            torch._foreach_mul_(buffers, recipe.momentum)
-            torch._foreach_add_(buffers, grads)
-            torch._foreach_add_(params, buffers, alpha=-lr)
+            step(stack, params, buffers, x_train[idx], y_train[idx], rate)
         if on_epoch is not None:
             on_epoch(n_models / recipe.epochs)
         if at_epoch_end is not None:
