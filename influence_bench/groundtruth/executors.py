@@ -88,12 +88,15 @@ class LocalExecutor:
 
     def map(self, work, chunks, on_models):
         from influence_bench.training.batched import default_compile
-        from influence_bench.training.parallel import default_workers
+        from influence_bench.training.parallel import default_workers, shutdown_pool
 
         workers = self.workers or default_workers(work.device)
         compile = default_compile(work.device) if self.compile is None else self.compile
-        for chunk in chunks:
-            yield chunk, train_chunk(work, chunk.members, chunk.n_rows, workers, on_models, compile)
+        try:
+            for chunk in chunks:
+                yield chunk, train_chunk(work, chunk.members, chunk.n_rows, workers, on_models, compile)
+        finally:
+            shutdown_pool()  # the workers hold a copy of torch and the data: not kept past the build
 
 
 class RayUnavailableError(RuntimeError):
