@@ -28,6 +28,9 @@ import torch
 from influence_bench.tasks.spec import TaskData, TaskSpec, TrainingRecipe
 
 EXECUTORS = ("local", "ray")
+# a worker compiles its step only for at least this many model-epochs: compiling takes 10-25 s here, which
+# a standard chunk (250 models x 100 epochs per worker) repays and a smoke chunk (4 x 3) does not
+COMPILE_MIN_MODEL_EPOCHS = 2000
 RAY_INSTALL = "pip install -e '.[ray]'  (or: pip install 'influence-bench[ray]')"
 
 
@@ -58,11 +61,13 @@ class Work:
 
 def train_chunk(work: Work, chunk_members: torch.Tensor, n_rows: int, workers: int = 1,
                 on_epoch: Callable[[float], None] | None = None, compile: bool = False) -> np.ndarray:
-    """The chunk's test losses [n_rows, n_seeds, n_test] float32."""
+    """The chunk's test losses [n_rows, n_seeds, n_test] float32; ``compile`` where each worker trains
+    at least ``COMPILE_MIN_MODEL_EPOCHS`` model-epochs."""
     from influence_bench.groundtruth.lds import stack_test_losses
     from influence_bench.training.batched import train_batched
 
     seeds = list(work.seeds) * n_rows
+    compile = compile and len(seeds) * work.recipe.epochs >= COMPILE_MIN_MODEL_EPOCHS * workers
     stack = train_batched(work.spec, work.data, chunk_members, seeds, work.recipe, work.device,
                           on_epoch=on_epoch, workers=workers, compile=compile)
     return stack_test_losses(stack, work.data, work.device, n_rows, len(work.seeds))
