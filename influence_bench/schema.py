@@ -46,7 +46,8 @@ STATUSES = ("ok", "not applicable", "skipped", *FAILURE_STATUSES)
 BOOTSTRAP_TRACKS = {"fixed": ("fixed", "all"), "tuned": ("tuned", "held_out")}
 # metric names shared by the runner and the report
 LDS, LDS_HELDOUT = "lds", "lds_heldout"  # LDS_HELDOUT: fixed damping on the held-out half (track "fixed")
-COST_METRICS = ("fit_s", "fit_cpu_s", "score_s", "score_cpu_s", "score_s_spread", "total_s", "peak_rss_mb")
+COST_METRICS = ("fit_s", "fit_cpu_s", "score_s", "score_cpu_s", "score_s_spread", "total_s", "peak_rss_mb",
+                "gpu_peak_mb")  # gpu_peak_mb: only where CUDA was available to the entry's process
 # rows of SHARED_GRADIENTS: per-example gradients, the dense GGN and Hessian, the fidelity reference
 SHARED_COST_METRICS = ("gradient_s", "gradient_cpu_s", "ggn_s", "ggn_eigen_s", "hessian_s", "reference_s")
 MEAN_ALPHA = "mean"  # the alpha of decomposition.csv / split.csv rows averaged over alphas

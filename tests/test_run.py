@@ -285,3 +285,32 @@ def test_runs_record_parameters_loo_and_the_reference_model(tiny_run):
     assert shared.loc[("diagnostics", "reference_train_loss"), "value"].item() > 0
     ceilings = shared.loc[("fixed", "noise_ceiling")]
     assert len(ceilings) == 4 and ceilings.message.str.contains("clipped at 0").all()
+
+
+def test_gpu_peak_is_a_cost_row_where_cuda_is_available(plugin_env, monkeypatch):
+    """Where CUDA is available the entry's GPU peak is a cost row beside the resident-set peak, and the
+    cost table gains its column; without CUDA neither exists (this machine's runs stay as they were)."""
+    import influence_bench.runner.evaluation as evaluation
+    from influence_bench.report.tables import cost_table
+
+    calls = []
+    monkeypatch.setattr(evaluation, "reset_gpu_peak", lambda: calls.append("reset") or True)
+    monkeypatch.setattr(evaluation, "gpu_peak_mb", lambda: calls.append("read") or 123.0)
+    results = influence_bench.run("digits-tiny", ["identity"], preset="smoke", isolate=False, progress=False, loo=False)
+    cost = results.table[(results.table.track == "cost")].set_index("metric")
+    assert cost.loc["gpu_peak_mb", "value"] == 123.0 and calls == ["reset", "read"]
+    assert "peak_rss_mb" in cost.index
+    assert cost_table(results.table, ["identity"]).set_index("entry").loc["identity", "GPU peak (MB)"] == "123"
+    monkeypatch.undo()
+    plain = results.table[results.table.metric != "gpu_peak_mb"]
+    assert "GPU peak (MB)" not in cost_table(plain, ["identity"]).columns
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA path is untested here")
+def test_gpu_peak_counts_the_entry_own_cuda_tensors():
+    from influence_bench.runner.evaluation import gpu_peak_mb, reset_gpu_peak
+
+    assert reset_gpu_peak()
+    block = torch.ones(64 * 2**20 // 4, device="cuda")  # 64 MB
+    assert 64 <= gpu_peak_mb() < 80
+    del block

@@ -56,6 +56,7 @@ FIDELITY_METRICS = ("rel_fro", "spectrum_err", "eigval_mismatch", "basis_mismatc
                     "topk_overlap_100", "ihvp_err", "fidelity")
 COST_METRICS = {"fit_s": "fit (s)", "score_s": "score (s)", "total_s": "total (s)", "peak_rss_mb": "peak memory (MB)"}
 SPREAD_METRIC = "score_s_spread"
+GPU_METRIC = "gpu_peak_mb"  # present only in results measured where CUDA was available
 
 
 # -- number formats ---------------------------------------------------------------------------
@@ -425,7 +426,8 @@ def cost_table(results: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """fit, score and total time, the score time's run-to-run spread and peak memory per entry, and the gradients
     every entry shares."""
     table = pd.DataFrame({"entry": order})
-    for metric, label in COST_METRICS.items():
+    on_gpu = bool((results.metric == GPU_METRIC).any())
+    for metric, label in {**COST_METRICS, **({GPU_METRIC: "GPU peak (MB)"} if on_gpu else {})}.items():
         table[label] = metric_rows(results, "cost", metric).value.reindex(order).map(significant).to_numpy()
         if metric == "score_s":
             table["score spread"] = metric_rows(results, "cost", SPREAD_METRIC).value.reindex(order).map(
@@ -435,7 +437,7 @@ def cost_table(results: pd.DataFrame, order: list[str]) -> pd.DataFrame:
               "ggn_eigen_s": "(shared) eigendecomposition of the GGN",
               "hessian_s": "(shared) dense exact Hessian", "reference_s": "(shared) GGN reference for the metrics"}
     extra = [{"entry": label, "fit (s)": significant(value), "score (s)": "—", "score spread": "—",
-              "total (s)": significant(value), "peak memory (MB)": "—"}
+              "total (s)": significant(value), "peak memory (MB)": "—", **({"GPU peak (MB)": "—"} if on_gpu else {})}
              for metric, label in labels.items() for value in shared[shared.metric == metric].value]
     if extra:
         table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)

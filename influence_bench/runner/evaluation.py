@@ -134,6 +134,19 @@ def dev_eval_split(n_test: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.
     return np.sort(perm[: n_test // 2]), np.sort(perm[n_test // 2 :])
 
 
+def reset_gpu_peak() -> bool:
+    """Start this process's count of peak GPU memory; False where CUDA is not available (no row then)."""
+    if not torch.cuda.is_available():
+        return False
+    torch.cuda.reset_peak_memory_stats()
+    return True
+
+
+def gpu_peak_mb() -> float:
+    """The most GPU memory this process's tensors held since ``reset_gpu_peak`` (MB)."""
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 def peak_rss_mb() -> float:
     """Peak resident set of this process (MB).
 
@@ -253,6 +266,7 @@ def evaluate_entry(entry: Entry, problem: InfluenceProblem, gt: LDSGroundTruth, 
     if reason:
         return failed(name, reason, status="skipped")
     torch.manual_seed(0)
+    on_gpu = reset_gpu_peak()
     before_fit()
     _, fit_t = timed(lambda: entry.fit(problem))
     (scores_fixed, ihvp), score_t = timed(lambda: fixed_track(entry, problem, settings.damping))
@@ -283,6 +297,7 @@ def evaluate_entry(entry: Entry, problem: InfluenceProblem, gt: LDSGroundTruth, 
     rows, points = rows + more_rows, points + more_points
 
     peak_mb = peak_rss_mb()  # the entry's own work (fit, scores, tuning), before the metrics load the reference
+    gpu_mb = gpu_peak_mb() if on_gpu else None
     try:
         rows += metric_rows(entry, problem, settings, reference(), scores_fixed, ihvp)
     except Exception as exc:  # noqa: BLE001 - its valid scores are kept, its row says what failed
@@ -299,6 +314,8 @@ def evaluate_entry(entry: Entry, problem: InfluenceProblem, gt: LDSGroundTruth, 
              schema.row(name, "cost", "score_s_spread", spread, False),
              schema.row(name, "cost", "total_s", fit_t.wall_s + float(np.median(repeats)), False),
              schema.row(name, "cost", "peak_rss_mb", peak_mb, False, message=memory_note)]
+    if gpu_mb is not None:  # what the entry's own CUDA tensors held (0 for an entry that stays on the CPU)
+        rows.append(schema.row(name, "cost", "gpu_peak_mb", gpu_mb, False, message=memory_note))
     return EntryResult(name, "ok", "", rows, grid, points, layer_spectra(entry, problem), scores_fixed, scores_tuned)
 
 
