@@ -116,17 +116,18 @@ def test_another_configuration_is_refused_and_fresh_starts_over(env):
 BUILDER = """
 import os, sys, time
 import influence_bench.groundtruth.lds as lds
+import influence_bench.training.batched as batched
 from influence_bench.groundtruth import get_preset
 from influence_bench.tasks import get_task
 calls = [0]
-train = lds.train_batched
+train = batched.train_batched
 def counting(*args, **kwargs):
     calls[0] += 1
     if calls[0] == int(os.environ.get("STALL_AT_CHUNK", "0")):  # stall in this chunk's training, marked
         open(os.environ["STALL_MARK"], "w").close()
         time.sleep(600)
     return train(*args, **kwargs)
-lds.train_batched = counting
+batched.train_batched = counting
 gt = lds.build_lds_groundtruth(get_task("digits-mlp"), get_preset("smoke"), sys.argv[1], progress=False)
 import hashlib
 print(calls[0], hashlib.sha256(gt.losses.tobytes() + gt.masks.tobytes()).hexdigest())
