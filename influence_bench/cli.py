@@ -220,7 +220,7 @@ def groundtruth(
     loo: bool = typer.Option(False, "--loo/--no-loo", help="Also build the leave-one-out ground truth and print its ceiling."),
     alphas: Optional[str] = AlphasOption,
     executor: str = typer.Option("local", help="Where the chunks train: local (this machine) or ray (a Ray "
-                                 "cluster; the optional extra: pip install -e '.[ray]')."),
+                                 "cluster; the optional extra: pip install -e '.\\[ray]')."),
     address: Optional[str] = typer.Option(None, help="With --executor ray: the cluster to join (ray://HOST:10001, "
                                           "HOST:6379 or auto); default: a local cluster started for this build."),
     workers: Optional[int] = typer.Option(None, min=1, help="Local: worker processes, one thread each (default: "

@@ -25,18 +25,18 @@ def test_models_split_over_worker_processes_are_the_same_models(task):
     """Bit for bit on the MLP path (one matrix product per model whatever the stack); within float
     tolerance on the generic one (the convolution kernel chosen depends on the stack's size)."""
     spec = get_task(task)
-    members = random_members(6, spec.data.n_train, spec.data.n_train // 2)
-    seeds = [3, 1, 4, 1, 5, 9]
-    together = train_batched(spec, spec.data, members, seeds, short_recipe(spec, 2), workers=1)
-    done = []
-    split = train_batched(spec, spec.data, members, seeds, short_recipe(spec, 2), workers=4, on_epoch=done.append)
+    members = random_members(5, spec.data.n_train, spec.data.n_train // 2)
+    seeds = [3, 1, 4, 1, 5]
+    together = train_batched(spec, spec.data, members, seeds, short_recipe(spec, 1), workers=1)
+    done = []  # two workers, as the Ray test's local build: one pool for the module
+    split = train_batched(spec, spec.data, members, seeds, short_recipe(spec, 1), workers=2, on_epoch=done.append)
     assert type(split) is type(together)
     for a, b in zip(together.parameters(), split.parameters()):
         if task == "digits-mlp":
             assert torch.equal(a, b)
         else:
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert sorted(done) == [1.0, 1.0, 2.0, 2.0]  # progress in models, as each of the 4 groups finished
+    assert done == [2.0, 3.0]  # progress in models, as each group finished, in order
 
 
 def test_groups_cover_the_stack_once_in_order():

@@ -8,8 +8,8 @@ than one, and under load, when a thread waits for a core, far slower. Models of 
 training each group in its own process changes no model: ``train_batched(workers=W)`` gives every
 model the parameters ``train_batched(workers=1)`` gives it (tests/test_executors.py).
 
-The workers live in one persistent pool (``forkserver``: torch is imported once, then forked), so a
-ground-truth build pays the start-up (a few seconds) once, not per chunk.
+The workers live in one persistent pool of spawned processes, so a ground-truth build pays their
+start-up (importing torch: a few seconds) once, not per chunk.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
         _pool[1].shutdown(wait=False, cancel_futures=True)
         _pool = None
     if _pool is None:
-        context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+        # spawn, not forkserver: the forkserver is one per process and the entry runner's (runner.isolation)
+        # must start with the environment of its own run, not with the one of an earlier ground-truth build
+        context = multiprocessing.get_context("spawn")
         _pool = (workers, ProcessPoolExecutor(workers, mp_context=context, initializer=_single_threaded))
     return _pool[1]
 
