@@ -17,12 +17,14 @@ PACKAGE_ENTRIES, PACKAGE_TASKS = dict(ENTRIES), dict(TASKS)
 
 @contextlib.contextmanager
 def restored_registries():
-    """``ENTRIES`` and ``TASKS`` as they were before, and the helper modules of this folder imported meanwhile
-    (``bench_plugins``) forgotten, so that the next import registers their entries and tasks again."""
+    """``ENTRIES``, ``TASKS`` and ``sys.path`` as they were before, and the helper modules of this folder imported
+    meanwhile (``bench_plugins``) forgotten, so that the next import registers their entries and tasks again."""
     entries, tasks, versions, modules = dict(ENTRIES), dict(TASKS), dict(TASK_VERSIONS), set(sys.modules)
+    path = list(sys.path)
     try:
         yield
     finally:
+        sys.path[:] = path  # a plugin folder put there (one holds a json.py) must not reach later tests' workers
         ENTRIES.clear()
         ENTRIES.update(entries)
         TASKS.clear()
