@@ -94,7 +94,11 @@ def test_ray_missing_says_how_to_install_it(monkeypatch, cache_dir):
     assert not any(cache_dir.rglob("*.npz"))  # refused before any training
 
 
-def test_unknown_executor_and_misplaced_address():
+def test_unknown_executor_misplaced_address_and_bad_settings(monkeypatch):
+    monkeypatch.setenv(parallel.WORKERS_ENV, "two")
+    with pytest.raises(ValueError, match="not a whole number"):  # before any work, not inside a build
+        get_executor("local")
+    monkeypatch.setenv(parallel.WORKERS_ENV, "1")
     with pytest.raises(ValueError, match="local, ray"):
         get_executor("slurm")
     with pytest.raises(ValueError, match="--address is for --executor ray"):

@@ -37,12 +37,14 @@ RAY_INSTALL = "pip install -e '.[ray]'  (or: pip install 'influence-bench[ray]')
 @dataclass
 class Chunk:
     """One cache file's worth of retrainings: ``members`` [n_rows * n_seeds, n_train], row-major and
-    seed-minor; ``arrays`` are saved beside its losses (the masks or removed points, the seeds)."""
+    seed-minor; ``arrays`` are saved beside its losses (the masks or removed points, the seeds);
+    ``place`` is where the builder puts its losses (executors pass it through untouched)."""
 
     name: str
     members: torch.Tensor
     n_rows: int
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    place: object = None
 
     def n_models(self, n_seeds: int) -> int:
         return self.n_rows * n_seeds
@@ -173,6 +175,10 @@ def get_executor(name: str, address: str | None = None, workers: int | None = No
     if name == "local":
         if address:
             raise ValueError("--address is for --executor ray; the local executor runs on this machine")
+        from influence_bench.training.batched import default_compile
+        from influence_bench.training.parallel import default_workers
+
+        default_workers(), default_compile()  # a bad $INFLUENCE_BENCH_WORKERS or _COMPILE says so before any work
         return LocalExecutor(workers)
     if name == "ray":
         import_ray()  # says how to install it before any work starts

@@ -94,7 +94,7 @@ def _build_lds_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: s
     all_masks = np.stack([draw_masks(spec, a, preset.n_masks, data.n_train) for a in preset.alphas])
     losses = np.full((len(preset.alphas), preset.n_masks, preset.n_seeds, data.n_test), np.nan, np.float32)
 
-    todo: list[tuple[Chunk, int, slice]] = []
+    todo: list[Chunk] = []
     for a, alpha in enumerate(preset.alphas):
         for c, start in enumerate(range(0, preset.n_masks, preset.masks_per_chunk)):
             part = slice(start, min(start + preset.masks_per_chunk, preset.n_masks))
@@ -113,18 +113,16 @@ def _build_lds_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: s
             cached = store.load_arrays(_chunk_name(alpha, c), check)
             if cached is None:
                 members = torch.as_tensor(np.repeat(expected, preset.n_seeds, axis=0))  # mask-major, seed-minor
-                chunk = Chunk(_chunk_name(alpha, c), members, expected.shape[0], {"masks": expected, "seeds": np.array(seeds)})
-                todo.append((chunk, a, part))
+                todo.append(Chunk(_chunk_name(alpha, c), members, expected.shape[0],
+                                  {"masks": expected, "seeds": np.array(seeds)}, place=(a, part)))
             else:
                 losses[a, part] = cached["losses"]
 
-    done_models = preset.n_trainings - sum(chunk.n_models(preset.n_seeds) for chunk, _, _ in todo)
+    done_models = preset.n_trainings - sum(chunk.n_models(preset.n_seeds) for chunk in todo)
     bar = models_bar(f"ground truth {spec.name}/{preset.name}", preset.n_trainings, done_models, progress)
-    where = {id(chunk): (a, part) for chunk, a, part in todo}
     work = Work(spec, data, recipe, tuple(seeds), device)
     with bar:
-        for chunk, chunk_losses in executor.map(work, [chunk for chunk, _, _ in todo], bar.update):
+        for chunk, chunk_losses in executor.map(work, todo, bar.update):
             store.save_arrays(chunk.name, **chunk.arrays, losses=chunk_losses)
-            a, part = where[id(chunk)]
-            losses[a, part] = chunk_losses
+            losses[chunk.place] = chunk_losses
     return LDSGroundTruth(np.array(preset.alphas), all_masks, losses)

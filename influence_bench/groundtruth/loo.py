@@ -111,10 +111,10 @@ def _build_loo_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: s
     full = store.load_arrays(FULL_CHUNK, make_check(None, (preset.n_seeds, data.n_test)))
     losses_full = full["losses"] if full is not None else None
     losses_without = np.full((len(removed), preset.n_seeds, data.n_test), np.nan, np.float32)
-    todo: list[tuple[Chunk, slice | None]] = []
+    todo: list[Chunk] = []  # place: the removed points' slice, None for the full-data models
     if full is None:
-        todo.append((Chunk(FULL_CHUNK, torch.ones(preset.n_seeds, data.n_train, dtype=torch.bool), 1,
-                           {"seeds": np.array(seeds)}), None))
+        todo.append(Chunk(FULL_CHUNK, torch.ones(preset.n_seeds, data.n_train, dtype=torch.bool), 1,
+                          {"seeds": np.array(seeds)}))
     for c, start in enumerate(range(0, len(removed), per_chunk)):
         part = slice(start, min(start + per_chunk, len(removed)))
         shape = (part.stop - part.start, preset.n_seeds, data.n_test)
@@ -124,22 +124,19 @@ def _build_loo_groundtruth(spec: TaskSpec, preset: Preset, root: Path, device: s
             members = torch.ones(len(points), data.n_train, dtype=torch.bool)
             members[torch.arange(len(points)), torch.as_tensor(points)] = False
             members = members.repeat_interleave(preset.n_seeds, dim=0)  # point-major, seed-minor
-            todo.append((Chunk(_chunk_name(c), members, len(points), {"removed": points, "seeds": np.array(seeds)}), part))
+            todo.append(Chunk(_chunk_name(c), members, len(points), {"removed": points, "seeds": np.array(seeds)}, place=part))
         else:
             losses_without[part] = cached["losses"]
 
-    n_todo = sum(chunk.n_models(preset.n_seeds) for chunk, _ in todo)
+    n_todo = sum(chunk.n_models(preset.n_seeds) for chunk in todo)
     bar = models_bar(f"leave-one-out {spec.name}/{preset.name}", preset.n_loo_trainings,
                      preset.n_loo_trainings - n_todo, progress)
-    where = {id(chunk): part for chunk, part in todo}
     work = Work(spec, data, recipe, tuple(seeds), device)
     with bar:
-        for chunk, chunk_losses in executor.map(work, [chunk for chunk, _ in todo], bar.update):
-            part = where[id(chunk)]
-            if part is None:  # the full-data models
-                losses_full = chunk_losses[0]
-                store.save_arrays(chunk.name, **chunk.arrays, losses=losses_full)
+        for chunk, chunk_losses in executor.map(work, todo, bar.update):
+            if chunk.place is None:  # the full-data models: one row
+                chunk_losses = losses_full = chunk_losses[0]
             else:
-                store.save_arrays(chunk.name, **chunk.arrays, losses=chunk_losses)
-                losses_without[part] = chunk_losses
+                losses_without[chunk.place] = chunk_losses
+            store.save_arrays(chunk.name, **chunk.arrays, losses=chunk_losses)
     return LOOGroundTruth(removed, np.array(seeds), losses_without, losses_full)

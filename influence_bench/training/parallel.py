@@ -14,7 +14,6 @@ start-up (importing torch: a few seconds) once, not per chunk.
 
 from __future__ import annotations
 
-import copy
 import multiprocessing
 import os
 import pickle
@@ -117,7 +116,7 @@ def merge(spec, parts: list[tuple]):
         return StackedMLP(weights, biases, spec.model.activation, spec.loss)
     params = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
     buffers = {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
-    return StackedModule(copy.deepcopy(spec.make_model()).to("meta"), params, buffers, spec.loss)
+    return StackedModule(spec.make_model().to("meta"), params, buffers, spec.loss)
 
 
 def train_in_workers(spec, data, members: torch.Tensor, seeds: list[int], recipe, device, engine: str,
