@@ -193,7 +193,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
     gt = build_lds_groundtruth(spec, chosen_preset, cache, device=device, progress=progress)
     loo_gt = build_loo_groundtruth(spec, chosen_preset, cache, device=device, progress=progress) if loo else None
     model = reference_model(spec, cache, device=device, say=lambda m: _say(m, progress))
-    problem = InfluenceProblem.of_task(spec, model, dense_limit)
+    problem = InfluenceProblem.of_task(spec, model, dense_limit, device=device)
     _say(f"per-example gradients of {problem.n_train:,} training and {problem.n_test:,} test points "
          f"(P = {problem.n_params:,})", progress)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
@@ -220,13 +220,13 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
              progress)
         if isolate:
             torch.save(model.state_dict(), workdir / "model.pt")
-            torch.save({"train": train_grads, "test": test_grads}, workdir / "gradients.pt")
+            torch.save({"train": train_grads.cpu(), "test": test_grads.cpu()}, workdir / "gradients.pt")
             if checkpoints is not None:
                 checkpoints.save(workdir / "checkpoints.pt")
             isolation.Job(spec.source or spec.key, chosen_preset.name, str(cache) if cache else None, str(workdir / "model.pt"),
                           str(workdir / "gradients.pt"), damping, eps, problem.dense_limit, located_plugins,
                           sorted(needs), list(chosen_preset.alphas),
-                          str(workdir / "checkpoints.pt") if checkpoints is not None else None).write(workdir)
+                          str(workdir / "checkpoints.pt") if checkpoints is not None else None, device).write(workdir)
             reference_path, shared_times, hessian_stats = isolation.build_reference_isolated(workdir, entry_timeout_s)
             load_reference = lambda: GGNReference.load(reference_path)  # noqa: E731
         else:
@@ -274,7 +274,7 @@ def run(task: str = "digits-mlp", entries: Sequence[str | Entry] | None = None, 
         bar.close()
         by_name = {**done, **{r.name: r for r in new}}
         results = [by_name[_name(e)] for e in chosen]
-        ggn_spectra = {f"ggn/layer{i}": np.sort(e.numpy()) for i, e in enumerate(load_reference().layer_eigvals or [])}
+        ggn_spectra = {f"ggn/layer{i}": np.sort(e.cpu().numpy()) for i, e in enumerate(load_reference().layer_eigvals or [])}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -47,27 +47,35 @@ class InfluenceProblem:
     """
 
     def __init__(self, model: nn.Module, data: TaskData, name: str = "problem", dense_limit: int | None = None,
-                 loss: Loss | str = "cross-entropy", mislabeled: torch.Tensor | None = None):
+                 loss: Loss | str = "cross-entropy", mislabeled: torch.Tensor | None = None,
+                 device: str | torch.device = "cpu"):
         self.name = name
+        self.device = torch.device(device)
         self.loss = get_loss(loss)
         if mislabeled is not None and tuple(mislabeled.shape) != (data.n_train,):
             raise ValueError(f"mislabeled has shape {tuple(mislabeled.shape)}; expected ({data.n_train},)")
         self.mislabeled = None if mislabeled is None else torch.as_tensor(mislabeled, dtype=torch.bool)
         self.dense_limit = default_dense_limit() if dense_limit is None else int(dense_limit)
-        self.model = copy.deepcopy(model).double().eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.x_train = data.x_train.double()
-        self.y_train = data.y_train.double() if data.y_train.is_floating_point() else data.y_train
-        self.x_test = data.x_test.double()
-        self.y_test = data.y_test.double() if data.y_test.is_floating_point() else data.y_test
+        self.model = self._frozen(model)
+        self.x_train = data.x_train.to(self.device, torch.float64)
+        self.y_train = data.y_train.to(self.device, torch.float64 if data.y_train.is_floating_point() else None)
+        self.x_test = data.x_test.to(self.device, torch.float64)
+        self.y_test = data.y_test.to(self.device, torch.float64 if data.y_test.is_floating_point() else None)
         self.checkpoints: list[tuple[float, nn.Module]] = []  # (learning rate, model): set by the harness
 
     @classmethod
-    def of_task(cls, spec: TaskSpec, model: nn.Module, dense_limit: int | None = None) -> "InfluenceProblem":
+    def of_task(cls, spec: TaskSpec, model: nn.Module, dense_limit: int | None = None,
+                device: str | torch.device = "cpu") -> "InfluenceProblem":
         """The problem of a task's trained model: its data, loss and flipped labels."""
         return cls(model, spec.data, name=spec.key, dense_limit=dense_limit, loss=spec.loss,
-                   mislabeled=spec.mislabeled)
+                   mislabeled=spec.mislabeled, device=device)
+
+    def _frozen(self, model: nn.Module) -> nn.Module:
+        """A float64 copy of ``model`` on the problem's device, in eval mode, without gradients."""
+        model = copy.deepcopy(model).double().eval().to(self.device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
 
     @property
     def n_params(self) -> int:
@@ -150,21 +158,15 @@ class InfluenceProblem:
         """The reference training's checkpoints, oldest first, each with its epoch's learning rate."""
         if len(models) != len(learning_rates):
             raise ValueError(f"{len(models)} checkpoints but {len(learning_rates)} learning rates")
-        copies = []
-        for model in models:
-            model = copy.deepcopy(model).double().eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            copies.append(model)
-        self.checkpoints = list(zip(map(float, learning_rates), copies))
+        self.checkpoints = list(zip(map(float, learning_rates), map(self._frozen, models)))
 
     def set_gradients(self, train_grads: torch.Tensor, test_grads: torch.Tensor) -> None:
         """Use gradients computed elsewhere (the harness computes them once per run)."""
         expected = ((self.n_train, self.n_params), (self.n_test, self.n_params))
         if (tuple(train_grads.shape), tuple(test_grads.shape)) != expected:
             raise ValueError(f"gradients of shapes {tuple(train_grads.shape)}, {tuple(test_grads.shape)}; expected {expected}")
-        self.__dict__["train_grads"] = train_grads.to(torch.float64)
-        self.__dict__["test_grads"] = test_grads.to(torch.float64)
+        self.__dict__["train_grads"] = train_grads.to(self.device, torch.float64)
+        self.__dict__["test_grads"] = test_grads.to(self.device, torch.float64)
 
     # -- exact curvature -----------------------------------------------------------------------
     @cached_property
@@ -209,13 +211,14 @@ class InfluenceProblem:
             raise ValueError(f"cannot share {name!r}; shareable: {', '.join(self.SHAREABLE)}")
         if tuple(matrix.shape) != (self.n_params, self.n_params):
             raise ValueError(f"a shared {name} of shape {tuple(matrix.shape)} for P = {self.n_params}")
-        self.__dict__[name] = matrix
+        self.__dict__[name] = matrix.to(self.device)  # on the CPU: the mapped file itself, not a copy
 
     def share_ggn_eigen(self, eigvals: torch.Tensor, eigvecs: torch.Tensor) -> None:
         """Use the run's one eigendecomposition of the dense GGN (ascending eigenvalues, eigenvectors as columns)."""
         if tuple(eigvecs.shape) != (self.n_params, self.n_params) or eigvals.numel() != self.n_params:
             raise ValueError(f"a shared GGN eigendecomposition of shape {tuple(eigvecs.shape)} for P = {self.n_params}")
-        self.__dict__["ggn_eigen"] = EigenCurvature([slice(0, self.n_params)], [DenseEigenBlock(eigvecs, eigvals)])
+        self.__dict__["ggn_eigen"] = EigenCurvature([slice(0, self.n_params)], [DenseEigenBlock(eigvecs.to(self.device),
+                                                                                           eigvals.to(self.device))])
 
     @cached_property
     def ggn_eigen(self) -> EigenCurvature:

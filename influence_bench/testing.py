@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import pickle
+import sys
 import time
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -44,7 +46,7 @@ from influence_bench.curvature.eigen import EigenCurvature
 from influence_bench.entries.base import Entry, MissingCapabilityError, NotFittedError
 from influence_bench.problem import InfluenceProblem
 
-__all__ = ["Check", "CheckOutcome", "CHECKS", "STATUSES", "check_entry", "run_checks", "parametrize_with_checks",
+__all__ = ["Check", "CheckOutcome", "CHECKS", "DeviceDiscipline", "STATUSES", "check_entry", "run_checks", "parametrize_with_checks",
            "entry_checks", "known_failures", "fitted", "tiny_problem", "tiny_convex_problem",
            "check_init_stores_parameters", "check_fit_returns_self", "check_fit_leaves_problem_unchanged",
            "check_capabilities_are_declared", "check_inverse_shape_dtype_finite", "check_scores_shape_dtype_finite",
@@ -394,7 +396,7 @@ def _mean_spearman(scores: torch.Tensor, reference: torch.Tensor) -> float:
     from influence_bench.metrics.correlation import spearman_columns
 
     with np.errstate(all="ignore"):
-        return float(np.nanmean(spearman_columns(scores.T.numpy(), reference.T.numpy())))
+        return float(np.nanmean(spearman_columns(scores.T.cpu().numpy(), reference.T.cpu().numpy())))
 
 
 @lru_cache(maxsize=8)
@@ -520,3 +522,43 @@ def check_entry(cls: type[Entry], problem: InfluenceProblem | None = None) -> No
     for outcome, error in _outcomes(cls, problem):
         if outcome.status in (FAILED, UNEXPECTED_PASS):
             raise AssertionError(f"{outcome.id}: {outcome.message}") from error
+
+
+# -- device discipline ------------------------------------------------------------------------------
+_FACTORIES = frozenset({torch.zeros, torch.ones, torch.empty, torch.full, torch.eye, torch.arange, torch.linspace,
+                        torch.logspace, torch.rand, torch.randn, torch.randint, torch.randperm, torch.tensor,
+                        torch.as_tensor, torch.empty_strided})
+
+
+class DeviceDiscipline(torch.overrides.TorchFunctionMode):
+    """Records every tensor that code of ``packages`` creates without naming its device.
+
+    An entry runs on the device of its problem (``InfluenceProblem(device=...)``); a factory call such
+    as ``torch.zeros(n)`` in its code puts that tensor on the CPU whatever the problem's device, and the
+    first product with a GPU tensor fails. This finds such calls on a CPU-only machine::
+
+        with DeviceDiscipline(("my_entries",)) as found:
+            MyEntry().fit(problem).scores(problem)
+        assert not found.calls, found.calls  # {"my_entries/entry.py:42": "zeros", ...}
+
+    ``*_like`` factories and operations on tensors follow their inputs and are not recorded; neither
+    are calls inside torch or inside packages not listed (their authors' business).
+    """
+
+    def __init__(self, packages: tuple[str, ...] = ("influence_bench",)):
+        super().__init__()
+        self.packages = tuple(packages)
+        self.calls: dict[str, str] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _FACTORIES and kwargs.get("device") is None:
+            frame = sys._getframe(1)
+            while frame is not None and f"{os.sep}torch{os.sep}" in frame.f_code.co_filename:
+                frame = frame.f_back
+            where = frame.f_code.co_filename if frame is not None else ""
+            for package in self.packages:
+                marker = f"{os.sep}{package}{os.sep}"
+                if marker in where:
+                    self.calls.setdefault(f"{package}/{where.split(marker, 1)[1]}:{frame.f_lineno}", func.__name__)
+        return func(*args, **kwargs)

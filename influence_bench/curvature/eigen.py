@@ -48,7 +48,7 @@ class EigenBlock:
 
     def basis(self) -> torch.Tensor:
         """The dense eigenbasis [d, d] (columns); for tests and small blocks only."""
-        return self.unproject(torch.eye(self.dim, dtype=self.eigvals.dtype)).T
+        return self.unproject(torch.eye(self.dim, dtype=self.eigvals.dtype, device=self.eigvals.device)).T
 
     def basis_product(self, g: torch.Tensor) -> torch.Tensor:
         """Q^T G Q for a dense [d, d] matrix G."""
@@ -56,7 +56,7 @@ class EigenBlock:
 
     def eigvec(self, i: int) -> torch.Tensor:
         """The i-th eigenvector (the one of ``eigvals[i]``): [d]."""
-        unit = torch.zeros(1, self.dim, dtype=self.eigvals.dtype)
+        unit = torch.zeros(1, self.dim, dtype=self.eigvals.dtype, device=self.eigvals.device)
         unit[0, i] = 1.0
         return self.unproject(unit)[0]
 
@@ -160,7 +160,7 @@ class LowRankEigenBlock(EigenBlock):
     @property
     def eigvals(self) -> torch.Tensor:  # all d eigenvalues: the k found, then zeros for the complement
         d, k = self.u.shape
-        return torch.cat([self.top_eigvals, torch.zeros(d - k, dtype=self.u.dtype)])
+        return torch.cat([self.top_eigvals, torch.zeros(d - k, dtype=self.u.dtype, device=self.u.device)])
 
     @property
     def dim(self) -> int:
@@ -219,6 +219,10 @@ class EigenCurvature:
         return self.blocks[0].eigvals.dtype
 
     @property
+    def device(self) -> torch.device:
+        return self.blocks[0].eigvals.device
+
+    @property
     def eigvals(self) -> list[torch.Tensor]:
         return [b.eigvals for b in self.blocks]
 
@@ -258,7 +262,7 @@ class EigenCurvature:
 
     def dense(self) -> torch.Tensor:
         """The dense [P, P] matrix; for tests and small problems only."""
-        return self.matvec(torch.eye(self.dim, dtype=self.dtype))
+        return self.matvec(torch.eye(self.dim, dtype=self.dtype, device=self.device))
 
     def top_eigvecs(self, k: int) -> torch.Tensor:
         """[P, k] eigenvectors of the k largest eigenvalues across all blocks."""
@@ -267,7 +271,7 @@ class EigenCurvature:
         offsets = [0]
         for block in self.blocks:
             offsets.append(offsets[-1] + block.dim)
-        out = torch.zeros(self.dim, k, dtype=self.dtype)
+        out = torch.zeros(self.dim, k, dtype=self.dtype, device=self.device)
         for col, flat in enumerate(top):
             b = max(i for i in range(len(self.blocks)) if offsets[i] <= flat)
             out[self.slices[b], col] = self.blocks[b].eigvec(flat - offsets[b])

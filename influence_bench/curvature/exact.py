@@ -112,13 +112,16 @@ def _ggn_sqrt_rows(model: nn.Module, x: torch.Tensor, loss: Loss | str, chunk: i
 def _syrk_sums(rows, slices: list[slice]) -> list[torch.Tensor]:
     """sum over chunks b of b[:, s]^T b[:, s] for every slice s, in one pass over the chunks.
 
-    BLAS dsyrk on the upper triangle: half the work of a full product.
+    BLAS dsyrk on the upper triangle: half the work of a full product. On the CPU (the chunks cross
+    from another device), the sums returned on the chunks' device.
     """
     uppers = [np.zeros((s.stop - s.start, s.stop - s.start), order="F") for s in slices]
+    device = torch.device("cpu")
     for b in rows:
+        device = b.device
         for k, s in enumerate(slices):
-            uppers[k] = dsyrk(1.0, b[:, s].numpy().T, beta=1.0, c=uppers[k], trans=0, lower=0, overwrite_c=1)
-    return [torch.from_numpy(np.triu(u) + np.triu(u, 1).T) for u in uppers]
+            uppers[k] = dsyrk(1.0, b[:, s].cpu().numpy().T, beta=1.0, c=uppers[k], trans=0, lower=0, overwrite_c=1)
+    return [torch.from_numpy(np.triu(u) + np.triu(u, 1).T).to(device) for u in uppers]
 
 
 def exact_ggn(model: nn.Module, x: torch.Tensor, loss: Loss | str, chunk: int = 256) -> torch.Tensor:

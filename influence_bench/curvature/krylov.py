@@ -56,11 +56,12 @@ class LanczosRun:
         ``tol`` (else the last): solutions [k, P] and the iterations used [k]."""
         k, m = self.alpha.shape[1], self.steps
         full = self.tridiagonal(shift)
-        used = torch.full((k,), m, dtype=torch.long)
-        coefficients = torch.zeros(k, m, dtype=self.alpha.dtype)
-        done = torch.zeros(k, dtype=torch.bool)
+        device = self.alpha.device
+        used = torch.full((k,), m, dtype=torch.long, device=device)
+        coefficients = torch.zeros(k, m, dtype=self.alpha.dtype, device=device)
+        done = torch.zeros(k, dtype=torch.bool, device=device)
         for j in range(1, m + 1):
-            e1 = torch.zeros(k, j, 1, dtype=self.alpha.dtype)
+            e1 = torch.zeros(k, j, 1, dtype=self.alpha.dtype, device=device)
             e1[:, 0] = 1.0
             y = torch.linalg.solve(full[:, :j, :j], e1)[..., 0]  # [k, j]
             residual = (self.beta[j - 1] * y[:, -1]).abs()  # relative to ||b||
@@ -71,7 +72,7 @@ class LanczosRun:
             if bool(done.all()):
                 break
         weights = coefficients * self.norm[:, None]  # [k, m]
-        x = torch.zeros(k, self.basis.shape[2], dtype=weights.dtype)
+        x = torch.zeros(k, self.basis.shape[2], dtype=weights.dtype, device=device)
         for j in range(m):  # one step at a time: a float32 basis is never copied whole to float64
             x += weights[:, j, None] * self.basis[j]
         return x, used
@@ -85,8 +86,8 @@ def lanczos(matvec: RowsMatvec, rhs: torch.Tensor, steps: int, basis_dtype: torc
     norm = torch.linalg.norm(rhs, dim=1)
     q = rhs / norm.clamp_min(1e-300)[:, None]
     q_prev = torch.zeros_like(q)
-    beta_prev = torch.zeros(k, dtype=rhs.dtype)
-    basis = torch.empty(steps, k, dim, dtype=basis_dtype or rhs.dtype)
+    beta_prev = torch.zeros(k, dtype=rhs.dtype, device=rhs.device)
+    basis = torch.empty(steps, k, dim, dtype=basis_dtype or rhs.dtype, device=rhs.device)
     alphas, betas = [], []
     for step in range(steps):
         basis[step] = q
@@ -102,24 +103,28 @@ def lanczos(matvec: RowsMatvec, rhs: torch.Tensor, steps: int, basis_dtype: torc
     return LanczosRun(basis, torch.stack(alphas), torch.stack(betas), norm)
 
 
-def top_eigenpairs(matvec: RowsMatvec, dim: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def top_eigenpairs(matvec: RowsMatvec, dim: int, k: int, seed: int = 0,
+                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest eigenvalues [k] (descending) and orthonormal eigenvectors [P, k] of a symmetric
     operator given as ``[m, P] -> [m, P]``: ARPACK's implicitly restarted Lanczos (scipy ``eigsh``)
     from a starting vector drawn from ``seed``; for k >= P, a dense eigendecomposition of the
-    operator applied to the identity (ARPACK cannot return every eigenpair)."""
+    operator applied to the identity (ARPACK cannot return every eigenpair). ``matvec`` runs on
+    ``device``; ARPACK's vectors cross to it and back, and the eigenpairs are returned there."""
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     if k >= dim:
-        eye = torch.eye(dim, dtype=torch.float64)
+        eye = torch.eye(dim, dtype=torch.float64, device=device)
         dense = torch.cat([matvec(eye[i : i + 256]) for i in range(0, dim, 256)])
         eigvals, eigvecs = torch.linalg.eigh((dense + dense.T) / 2)
     else:
         def apply(v: np.ndarray) -> np.ndarray:
-            return matvec(torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(1, dim).copy()))[0].numpy()
+            row = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(1, dim).copy(), device=device)
+            return matvec(row)[0].cpu().numpy()
 
         operator = LinearOperator((dim, dim), matvec=apply, dtype=np.float64)
         start = np.random.default_rng(seed).standard_normal(dim)
         found_vals, found_vecs = eigsh(operator, k=k, which="LA", v0=start, tol=EIGSH_TOL)
-        eigvals, eigvecs = torch.from_numpy(found_vals), torch.from_numpy(np.ascontiguousarray(found_vecs))
+        eigvals = torch.from_numpy(found_vals).to(device)
+        eigvecs = torch.from_numpy(np.ascontiguousarray(found_vecs)).to(device)
     order = torch.argsort(eigvals, descending=True)
     return eigvals[order].to(torch.float64), eigvecs[:, order].to(torch.float64).contiguous()

@@ -27,7 +27,8 @@ class Arnoldi(EigenEntry):
         return {**super().get_params(), "k": self.k, "seed": self.seed}
 
     def fit(self, problem):
-        eigvals, eigvecs = top_eigenpairs(problem.ggn_matvec, problem.n_params, self.k, self.seed)
+        eigvals, eigvecs = top_eigenpairs(problem.ggn_matvec, problem.n_params, self.k, self.seed,
+                                          device=problem.device)
         self.eigen_ = EigenCurvature([slice(0, problem.n_params)], [LowRankEigenBlock(eigvecs, eigvals)])
         return self
 

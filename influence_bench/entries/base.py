@@ -263,7 +263,7 @@ class Entry:
         self._check_fitted()
         test = problem.test_grads if queries is None else problem.test_grads[queries]
         train = problem.train_grads
-        out = torch.empty(test.shape[0], train.shape[0], dtype=torch.float64)
+        out = torch.empty(test.shape[0], train.shape[0], dtype=torch.float64, device=train.device)
         for start in range(0, test.shape[0], SCORE_CHUNK):
             part = slice(start, start + SCORE_CHUNK)
             out[part] = -(self.inverse(test[part], damping).to(torch.float64) @ train.T)

@@ -17,7 +17,7 @@ CACHE_BYTES = 3 * 2**30  # the bases kept for later dampings; beyond this the ol
 
 
 def row_key(row: torch.Tensor) -> str:
-    return hashlib.sha1(row.detach().to(torch.float64).contiguous().numpy().tobytes()).hexdigest()
+    return hashlib.sha1(row.detach().to(torch.float64).cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 @register

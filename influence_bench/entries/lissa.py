@@ -55,9 +55,10 @@ def minibatch_top_eigenvalue(model: nn.Module, x: torch.Tensor, loss: Loss) -> f
 
 
 def largest_eigenvalue(matvec: RowsMatvec, dim: int, generator: torch.Generator,
-                       iterations: int = POWER_ITERATIONS) -> float:
-    """Power iteration from a random start (an estimate from below)."""
-    x = torch.randn(1, dim, dtype=torch.float64, generator=generator)
+                       iterations: int = POWER_ITERATIONS, device: str | torch.device = "cpu") -> float:
+    """Power iteration from a random start (an estimate from below), drawn on the CPU (the same start
+    on every device) and run on ``device``."""
+    x = torch.randn(1, dim, dtype=torch.float64, generator=generator, device="cpu").to(device)
     eigenvalue = 0.0
     for _ in range(iterations):
         x = x / torch.linalg.norm(x)
@@ -146,13 +147,14 @@ class LiSSA(Entry):
 
     def _sample(self, generator: torch.Generator) -> torch.Tensor:
         """A mini-batch of training inputs, drawn with replacement: [batch_size, ...]."""
-        return self.x_train_[torch.randint(self.x_train_.shape[0], (self.batch_size,), generator=generator)]
+        rows = torch.randint(self.x_train_.shape[0], (self.batch_size,), generator=generator, device="cpu")
+        return self.x_train_[rows.to(self.x_train_.device)]
 
     def _top_eigenvalue(self, problem) -> float:
         """The largest eigenvalue of the full GGN, or the largest over SCALE_PROBES sampled mini-batch GGNs."""
         generator = torch.Generator().manual_seed(self.seed)
         if self.batch_size is None:
-            return largest_eigenvalue(self._full_matvec(), problem.n_params, generator)
+            return largest_eigenvalue(self._full_matvec(), problem.n_params, generator, device=problem.device)
         return max(minibatch_top_eigenvalue(problem.model, self._sample(generator), problem.loss) for _ in range(SCALE_PROBES))
 
     def _scale(self, damping: float) -> float:

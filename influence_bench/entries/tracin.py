@@ -36,7 +36,7 @@ class TracIn(Entry):
         if reason:
             raise ValueError(reason)
         chosen = problem.checkpoints if self.params["checkpoints"] == "all" else problem.checkpoints[-1:]
-        total = torch.zeros(problem.n_test, problem.n_train, dtype=torch.float64)
+        total = torch.zeros(problem.n_test, problem.n_train, dtype=torch.float64, device=problem.device)
         for lr, model in chosen:
             train = exact.per_example_gradients(model, problem.x_train, problem.y_train, problem.loss)
             test = exact.per_example_gradients(model, problem.x_test, problem.y_test, problem.loss)

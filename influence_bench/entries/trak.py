@@ -49,12 +49,12 @@ class TRAK(Entry):
             self.capabilities = frozenset({"scores"})  # an average over models has no single inverse
 
     def projection_matrix(self, n_params: int) -> torch.Tensor:
-        """R [dim, P], entries of variance 1 / dim, from seed 0."""
+        """R [dim, P], entries of variance 1 / dim, from seed 0 (drawn on the CPU: the same R on every device)."""
         k = self.params["dim"]
         generator = torch.Generator().manual_seed(PROJECTION_SEED)
         if self.params["projection"] == "gaussian":
-            return torch.randn(k, n_params, generator=generator, dtype=torch.float64) / k ** 0.5
-        signs = torch.randint(0, 2, (k, n_params), generator=generator).to(torch.float64)
+            return torch.randn(k, n_params, generator=generator, dtype=torch.float64, device="cpu") / k ** 0.5
+        signs = torch.randint(0, 2, (k, n_params), generator=generator, device="cpu").to(torch.float64)
         return signs.mul_(2).sub_(1).div_(k ** 0.5)  # in place: wide-mlp's R is 830 MB
 
     def skip(self, problem):
@@ -64,7 +64,7 @@ class TRAK(Entry):
         return None
 
     def fit(self, problem):
-        self.projection_ = self.projection_matrix(problem.n_params)
+        self.projection_ = self.projection_matrix(problem.n_params).to(problem.device)
         if self.params["checkpoints"] == "last":
             self.models_ = [_Projected(self.projection_, problem.ggn_matvec, problem.train_grads, problem.test_grads)]
             return self

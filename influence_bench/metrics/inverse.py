@@ -31,7 +31,7 @@ def ihvp_err(ctx: MetricContext) -> Measured:
 
 @register_metric("fidelity", "inverse", True, "mean_j Spearman(s_j of the entry, s_j of the exact GGN)")
 def fidelity(ctx: MetricContext) -> Measured:
-    r = spearman_columns(np.asarray(ctx.scores).T, np.asarray(ctx.reference.scores).T)
+    r = spearman_columns(ctx.scores.cpu().numpy().T, ctx.reference.scores.cpu().numpy().T)
     if not np.isfinite(r).any():
         return not_applicable("the scores have no defined rank correlation with the GGN's")
     return Measured(float(np.nanmean(r)), estimated=not ctx.reference.exact, message=_note(ctx))

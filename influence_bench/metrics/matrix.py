@@ -58,7 +58,8 @@ def _exact_matrix_metrics(ctx: MetricContext) -> dict[str, float] | None:
 def hutchinson_rel_fro(ctx: MetricContext) -> float:
     """sqrt(||C - G||_F^2 / ||G||_F^2), the numerator from Rademacher probes z: E||(C - G) z||^2."""
     gen = torch.Generator().manual_seed(HUTCHINSON_SEED)
-    probes = torch.randint(0, 2, (HUTCHINSON_MATVECS, ctx.problem.n_params), generator=gen).double() * 2 - 1
+    probes = torch.randint(0, 2, (HUTCHINSON_MATVECS, ctx.problem.n_params), generator=gen, device="cpu").double() * 2 - 1
+    probes = probes.to(ctx.problem.device)
     diff = ctx.entry.curvature_matvec(probes) - ctx.problem.ggn_matvec(probes)
     return math.sqrt(float(diff.square().sum()) / HUTCHINSON_MATVECS / ctx.reference.fro_sq)
 

@@ -45,10 +45,10 @@ def mislabel_auc(ctx: MetricContext) -> Measured:
     if ctx.ihvp is None:
         return not_applicable("the entry computes scores of its own, not inverse products: no self-influence")
     points = ranked_points(flipped.numel())
-    values = self_influence(ctx.entry, ctx.problem.train_grads[points], ctx.damping).numpy()
+    values = self_influence(ctx.entry, ctx.problem.train_grads[points], ctx.damping).cpu().numpy()
     if not np.isfinite(values).all():
         return not_applicable("the self-influences are not all finite")
-    labels = flipped[points].numpy()
+    labels = flipped[points].cpu().numpy()
     return Measured(float(roc_auc_score(labels, values)),
                     message=f"{int(labels.sum())} flipped of {len(points)} ranked training points "
                             f"({int(flipped.sum())} of {flipped.numel()} in all)")

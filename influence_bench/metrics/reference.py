@@ -45,11 +45,18 @@ class GGNReference:
     ggn_eigvecs: torch.Tensor | None = None  # all eigenvectors of G, columns by ascending eigenvalue (exact only)
 
     def save(self, path: Path) -> None:
-        torch.save(dataclasses.asdict(self), path)
+        """On the CPU, whatever device it was built on (``load`` puts it where it is needed)."""
+        fields = dataclasses.asdict(self)
+        torch.save({k: v.cpu() if isinstance(v, torch.Tensor) else
+                    [t.cpu() for t in v] if isinstance(v, list) else v for k, v in fields.items()}, path)
 
     @classmethod
-    def load(cls, path: Path) -> "GGNReference":
-        return cls(**torch.load(path, weights_only=True, mmap=True))
+    def load(cls, path: Path, device: str | torch.device = "cpu") -> "GGNReference":
+        """The reference saved at ``path``, its tensors on ``device`` (on the CPU: mapped from the file)."""
+        fields = torch.load(path, weights_only=True, mmap=True)
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else
+                 [t.to(device) for t in v] if isinstance(v, list) else v for k, v in fields.items()}
+        return cls(**moved)
 
 
 def estimate_queries(n_test: int, k: int = ESTIMATE_QUERIES, seed: int = ESTIMATE_SEED) -> torch.Tensor:
@@ -58,11 +65,13 @@ def estimate_queries(n_test: int, k: int = ESTIMATE_QUERIES, seed: int = ESTIMAT
     return torch.as_tensor(np.sort(chosen))
 
 
-def lanczos_top(matvec_rows, dim: int, k: int, seed: int = ESTIMATE_SEED) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k eigenpairs (descending) of a symmetric operator by Lanczos (ARPACK); k < P."""
+def lanczos_top(matvec_rows, dim: int, k: int, seed: int = ESTIMATE_SEED,
+                device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k eigenpairs (descending) of a symmetric operator by Lanczos (ARPACK); k < P; the operator
+    runs on ``device``."""
     from influence_bench.curvature.krylov import top_eigenpairs
 
-    return top_eigenpairs(matvec_rows, dim, min(k, dim - 1), seed)
+    return top_eigenpairs(matvec_rows, dim, min(k, dim - 1), seed, device)
 
 
 def build_reference(problem: InfluenceProblem, damping: float, eps: float = DEFAULT_EPS) -> GGNReference:
@@ -141,6 +150,6 @@ def estimated_reference(problem: InfluenceProblem, damping: float, eps: float = 
     else:
         ihvp, _ = curvlinops_adapter.cg_solve(problem.ggn_operator, problem.test_grads[queries], damping, CG_TOL,
                                               CG_MAX_ITER)
-    lam, vecs = lanczos_top(problem.ggn_matvec, problem.n_params, TOP_K)
+    lam, vecs = lanczos_top(problem.ggn_matvec, problem.n_params, TOP_K, device=problem.device)
     fro_sq = curvlinops_adapter.squared_fro_estimate(problem.ggn_operator, HUTCHINSON_MATVECS)
     return GGNReference(False, damping, eps, queries, ihvp, -ihvp @ problem.train_grads.T, lam, vecs, fro_sq)

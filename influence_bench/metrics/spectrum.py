@@ -45,7 +45,8 @@ def layer_eigvals(curv: EigenCurvature, layer: slice) -> torch.Tensor:
 def lanczos_of_entry(ctx: MetricContext) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-K eigenpairs of the entry's curvature operator (once per entry)."""
     if "lanczos" not in ctx.cache:
-        ctx.cache["lanczos"] = lanczos_top(ctx.entry.curvature_matvec, ctx.problem.n_params, TOP_K)
+        ctx.cache["lanczos"] = lanczos_top(ctx.entry.curvature_matvec, ctx.problem.n_params, TOP_K,
+                                           device=ctx.problem.device)
     return ctx.cache["lanczos"]
 
 

@@ -223,7 +223,7 @@ def tune(entry: Entry, problem: InfluenceProblem, gt: LDSGroundTruth, settings: 
         if factor != factor:  # the fixed damping: its scores exist already
             scores = fixed_scores[dev]
         else:
-            scores = check_scores(entry.name, entry.scores(problem, damping, queries=torch.as_tensor(dev)),
+            scores = check_scores(entry.name, entry.scores(problem, damping, queries=torch.as_tensor(dev, device=problem.device)),
                                   (len(dev), problem.n_train))
         dev_scores[damping] = scores
         value = lds(scores, gt.masks[a], gt.targets[a][:, dev]).mean
@@ -288,7 +288,7 @@ def evaluate_entry(entry: Entry, problem: InfluenceProblem, gt: LDSGroundTruth, 
         scores_tuned = np.empty_like(scores_fixed)
         scores_tuned[dev] = dev_scores[tuned]
         scores_tuned[held_out] = scores_fixed[held_out] if tuned == settings.damping else check_scores(
-            name, entry.scores(problem, tuned, queries=torch.as_tensor(held_out)), (len(held_out), problem.n_train))
+            name, entry.scores(problem, tuned, queries=torch.as_tensor(held_out, device=problem.device)), (len(held_out), problem.n_train))
         edge = next(r for r in grid if r["chosen"])["at_edge"]
         note = "the tuned damping is at an end of the grid: the optimum may lie outside it" if edge else ""
     else:
@@ -328,9 +328,10 @@ def metric_rows(entry: Entry, problem: InfluenceProblem, settings: EvalSettings,
                 ihvp: torch.Tensor | None) -> list[dict]:
     from influence_bench.metrics.registry import MetricContext, compute_all, direction
 
-    queries = reference.queries.numpy()
+    queries = reference.queries.cpu().numpy()
     ctx = MetricContext(entry, problem, reference, settings.damping, settings.eps,
-                        None if ihvp is None else ihvp[queries], torch.from_numpy(scores_fixed[queries]))
+                        None if ihvp is None else ihvp[queries],
+                        torch.as_tensor(scores_fixed[queries], device=problem.device))
     rows = []
     for metric, m in compute_all(ctx).items():
         rows.append(schema.row(entry.name, "fixed", metric, m.value, direction(metric),
@@ -346,5 +347,5 @@ def layer_spectra(entry: Entry, problem: InfluenceProblem) -> dict[str, np.ndarr
     if not entry.has("eigen") or not problem.dense_allowed:
         return {}
     curv = entry.eigen_form()
-    return {f"{entry.name}/layer{i}": np.sort(layer_eigvals(curv, layer).numpy())
+    return {f"{entry.name}/layer{i}": np.sort(layer_eigvals(curv, layer).cpu().numpy())
             for i, layer in enumerate(problem.layer_slices)}

@@ -66,6 +66,7 @@ class Job:
     shared: list[str]  # dense matrices some entry reads ("ggn", "hessian"): computed once, in the reference process
     alphas: list[float] | None = None  # a subset of the preset's alphas (None: all of them)
     checkpoints: str | None = None  # the reference training's checkpoints (groundtruth.Checkpoints), if read
+    device: str = "cpu"  # where the entries fit and score (the problem's tensors live there)
 
     def write(self, workdir: Path) -> None:
         (workdir / "job.json").write_text(json.dumps(self.__dict__))
@@ -90,7 +91,7 @@ def load_problem(job: Job):
     spec = get_task(job.task)
     model = spec.make_model()
     model.load_state_dict(torch.load(job.checkpoint, weights_only=True))
-    problem = InfluenceProblem.of_task(spec, model, job.dense_limit)
+    problem = InfluenceProblem.of_task(spec, model, job.dense_limit, device=job.device)
     grads = torch.load(job.gradients, weights_only=True)
     problem.set_gradients(grads["train"], grads["test"])
     if job.checkpoints:
@@ -115,7 +116,7 @@ def build_reference_here(workdir: Path) -> int:
     problem, _ = load_problem(job)
     reference, times, stats = prepare_shared(problem, job.damping, job.eps, set(job.shared))
     if problem.is_computed("hessian"):
-        _save(workdir / HESSIAN_FILE, lambda p: torch.save(problem.hessian, p))
+        _save(workdir / HESSIAN_FILE, lambda p: torch.save(problem.hessian.cpu(), p))
     _save(workdir / SHARED_TIMES_FILE, lambda p: p.write_text(json.dumps({"times": times, "stats": stats})))
     _save(workdir / REFERENCE_FILE, reference.save)  # last: its presence means everything is there
     return 0
@@ -144,7 +145,7 @@ def evaluate_here(workdir: Path, name: str) -> int:
         entry = instantiate(out, name, job)
         from influence_bench.metrics.reference import GGNReference
 
-        reference = GGNReference.load(workdir / REFERENCE_FILE)
+        reference = GGNReference.load(workdir / REFERENCE_FILE, device=job.device)
         share_dense(problem, entry, workdir, reference)
         result = evaluate_entry(entry, problem, gt, job.settings, lambda: reference,
                                 before_fit=lambda: (out / FIT_STARTED_FILE).write_text(repr(time.time())))
