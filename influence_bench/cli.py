@@ -44,7 +44,8 @@ RunTaskOption = typer.Option(DEFAULT_TASK, "--task", help="Task name (see `influ
                              "task of the fixed set, then the cross-task leaderboard (reports/tasks.md).")
 PresetOption = typer.Option("standard", "--preset", help=f"Ground-truth preset: {', '.join(PRESETS)}.")
 CacheOption = typer.Option(None, "--cache-dir", help=f"Cache directory (default: ${CACHE_ENV} or the user cache).")
-DeviceOption = typer.Option("cpu", "--device", help="Torch device: cpu or cuda (the ground truth's training, the reference model, and every entry's fit, scores and metrics)."))
+DeviceOption = typer.Option("cpu", "--device", help="Torch device, cpu or cuda: the ground truth's training, the "
+                                                    "reference model, and every entry's fit, scores and metrics.")
 AlphasOption = typer.Option(None, "--alphas", help="Comma-separated subset of the preset's alphas "
                             "(e.g. 0.5: the paper preset at one alpha); its own ground truth.")
 
