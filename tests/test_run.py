@@ -230,6 +230,7 @@ class SyntheticCurve:
 
 class _Problem:
     n_train = 60
+    device = torch.device("cpu")
 
 
 def synthetic_ground_truth(truth: np.ndarray) -> LDSGroundTruth:
