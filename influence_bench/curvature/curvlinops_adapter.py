@@ -85,10 +85,12 @@ def hessian_operator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: L
 class _RowsOperator(PyTorchLinearOperator):
     """A symmetric [P, P] operator given by ``rows -> rows @ A`` on vectors as rows [k, P]."""
 
-    def __init__(self, matvec_rows: Callable[[torch.Tensor], torch.Tensor], dim: int, dtype: torch.dtype):
+    def __init__(self, matvec_rows: Callable[[torch.Tensor], torch.Tensor], dim: int, dtype: torch.dtype,
+                 device: torch.device):
         super().__init__([(dim,)], [(dim,)])
         self._rows = matvec_rows
         self._dtype = dtype
+        self._device = torch.device(device)
 
     def _matmat(self, X: list[torch.Tensor]) -> list[torch.Tensor]:
         return [self._rows(X[0].T).T]
@@ -101,14 +103,14 @@ class _RowsOperator(PyTorchLinearOperator):
         return self._dtype
 
     @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
+    def device(self) -> torch.device:  # where curvlinops draws its probes (Hutchinson) and vectors
+        return self._device
 
 
 def as_operator(matvec_rows: Callable[[torch.Tensor], torch.Tensor], dim: int,
-                dtype: torch.dtype = torch.float64) -> PyTorchLinearOperator:
-    """Wrap the suite's row convention (``[k, P] -> [k, P]``) as a curvlinops operator."""
-    return _RowsOperator(matvec_rows, dim, dtype)
+                dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> PyTorchLinearOperator:
+    """Wrap the suite's row convention (``[k, P] -> [k, P]``) on ``device`` as a curvlinops operator."""
+    return _RowsOperator(matvec_rows, dim, dtype, device)
 
 
 def rows_matvec(operator: PyTorchLinearOperator, chunk: int = MATVEC_ROWS) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -124,7 +126,7 @@ def rows_matvec(operator: PyTorchLinearOperator, chunk: int = MATVEC_ROWS) -> Ca
 def damped(operator: PyTorchLinearOperator, damping: float) -> PyTorchLinearOperator:
     """``A + damping I`` as a flat [P, P] curvlinops operator."""
     matvec = rows_matvec(operator)
-    return as_operator(lambda rows: matvec(rows) + damping * rows, operator.shape[0], operator.dtype)
+    return as_operator(lambda rows: matvec(rows) + damping * rows, operator.shape[0], operator.dtype, operator.device)
 
 
 def cg_solve(operator: PyTorchLinearOperator, rows: torch.Tensor, damping: float, tol: float,
@@ -141,7 +143,7 @@ def cg_solve(operator: PyTorchLinearOperator, rows: torch.Tensor, damping: float
         calls[0] += 1
         return matvec(v)
 
-    shifted = damped(as_operator(counted, operator.shape[0], operator.dtype), damping)
+    shifted = damped(as_operator(counted, operator.shape[0], operator.dtype, operator.device), damping)
     inverse = CGInverseLinearOperator(shifted, tolerance=tol, max_iter=max_iter, max_tridiag_iter=0, eps=1e-30)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="CG terminated")  # the iteration count says so

@@ -162,6 +162,6 @@ def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss
         return loss.mean(functional_call(model, unflatten(v, params), (x,)), y)
 
     _, pullback = vjp(grad(mean_loss), flat)
-    eye = torch.eye(flat.numel(), dtype=flat.dtype)
+    eye = torch.eye(flat.numel(), dtype=flat.dtype, device=flat.device)
     hess = torch.cat([vmap(pullback)(eye[part])[0] for part in _chunks(flat.numel(), chunk)])
     return (hess + hess.T) / 2  # symmetric up to rounding

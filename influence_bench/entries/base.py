@@ -281,7 +281,7 @@ class Entry:
         if self.has("operator"):
             from influence_bench.curvature import curvlinops_adapter
 
-            op = curvlinops_adapter.as_operator(self.curvature_matvec, problem.n_params)
+            op = curvlinops_adapter.as_operator(self.curvature_matvec, problem.n_params, device=problem.device)
             return curvlinops_adapter.trace_estimate(op) / problem.n_params
         raise MissingCapabilityError(f"entry {self.name!r} has no curvature whose eigenvalues could scale a damping grid")
 

@@ -145,10 +145,11 @@ def eigen_from_factors(model: nn.Module, factors: dict) -> EigenCurvature:
     )
 
     blocks = []
+    device = next(model.parameters()).device  # kronfluence runs on the CPU (cpu=True); the form goes to the model
     for name, linear in _linears(model):
-        q_a = factors[ACTIVATION_EIGENVECTORS_NAME][name].to(torch.float64)
-        q_g = factors[GRADIENT_EIGENVECTORS_NAME][name].to(torch.float64)
-        lam = factors[LAMBDA_MATRIX_NAME][name].to(torch.float64) / float(factors[NUM_LAMBDA_PROCESSED][name])
+        q_a = factors[ACTIVATION_EIGENVECTORS_NAME][name].to(device, torch.float64)
+        q_g = factors[GRADIENT_EIGENVECTORS_NAME][name].to(device, torch.float64)
+        lam = factors[LAMBDA_MATRIX_NAME][name].to(device, torch.float64) / float(factors[NUM_LAMBDA_PROCESSED][name])
         bias = linear.bias is not None
         expected = (linear.out_features, linear.in_features + int(bias))
         if tuple(lam.shape) != expected or q_g.shape[0] != expected[0] or q_a.shape[0] != expected[1]:

@@ -46,7 +46,7 @@ class GGNReference:
 
     def save(self, path: Path) -> None:
         """On the CPU, whatever device it was built on (``load`` puts it where it is needed)."""
-        fields = dataclasses.asdict(self)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # asdict would deep-copy on the device
         torch.save({k: v.cpu() if isinstance(v, torch.Tensor) else
                     [t.cpu() for t in v] if isinstance(v, list) else v for k, v in fields.items()}, path)
 
@@ -59,10 +59,11 @@ class GGNReference:
         return cls(**moved)
 
 
-def estimate_queries(n_test: int, k: int = ESTIMATE_QUERIES, seed: int = ESTIMATE_SEED) -> torch.Tensor:
-    """The fixed subset of test queries used above the dense limit (sorted indices)."""
+def estimate_queries(n_test: int, k: int = ESTIMATE_QUERIES, seed: int = ESTIMATE_SEED,
+                     device: str | torch.device = "cpu") -> torch.Tensor:
+    """The fixed subset of test queries used above the dense limit (sorted indices, on ``device``)."""
     chosen = np.random.default_rng(seed).permutation(n_test)[: min(k, n_test)]
-    return torch.as_tensor(np.sort(chosen))
+    return torch.as_tensor(np.sort(chosen), device=device)
 
 
 def lanczos_top(matvec_rows, dim: int, k: int, seed: int = ESTIMATE_SEED,
@@ -83,7 +84,7 @@ def exact_reference(problem: InfluenceProblem, damping: float, eps: float = DEFA
     ggn = problem.ggn
     block = problem.ggn_eigen.blocks[0]
     lam, q = block.eigvals, block.eigvecs
-    queries = torch.arange(problem.n_test)
+    queries = torch.arange(problem.n_test, device=problem.device)
     ihvp = ((problem.test_grads @ q) * truncated_inverse(lam, damping, eps)) @ q.T
     k = min(TOP_K, problem.n_params)
     layer_eigvals = [torch.linalg.eigvalsh(ggn[s, s]) for s in problem.layer_slices]
@@ -142,7 +143,7 @@ def dual_fits(problem: InfluenceProblem, n_outputs: int) -> bool:
 def estimated_reference(problem: InfluenceProblem, damping: float, eps: float = DEFAULT_EPS) -> GGNReference:
     from influence_bench.curvature import curvlinops_adapter
 
-    queries = estimate_queries(problem.n_test)
+    queries = estimate_queries(problem.n_test, device=problem.device)
     with torch.no_grad():
         n_outputs = problem.model(problem.x_train[:1]).shape[-1]
     if dual_fits(problem, n_outputs):

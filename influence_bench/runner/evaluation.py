@@ -117,6 +117,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
     message = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, EntryOutputError):
         return "invalid-output", str(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "oom", f"out of GPU memory: {message.splitlines()[0][:300]} (a smaller problem, or a larger GPU)"
     if isinstance(exc, MemoryError) or any(s in str(exc).lower() for s in _OUT_OF_MEMORY):
         return "oom", f"out of memory: {message.splitlines()[0][:300]} (raise --entry-memory)"
     return "error", message
@@ -168,9 +170,17 @@ class Timed:
     cpu_s: float
 
 
+def _synchronize() -> None:
+    """Wait for queued GPU work (so that it counts in the timing that queued it)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object]) -> tuple[object, Timed]:
+    _synchronize()
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
+    _synchronize()
     return out, Timed(time.perf_counter() - wall, time.process_time() - cpu)
 
 
