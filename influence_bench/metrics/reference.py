@@ -47,16 +47,18 @@ class GGNReference:
     def save(self, path: Path) -> None:
         """On the CPU, whatever device it was built on (``load`` puts it where it is needed)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # asdict would deep-copy on the device
-        torch.save({k: v.cpu() if isinstance(v, torch.Tensor) else
-                    [t.cpu() for t in v] if isinstance(v, list) else v for k, v in fields.items()}, path)
+        torch.save(_on(fields, "cpu"), path)
 
     @classmethod
     def load(cls, path: Path, device: str | torch.device = "cpu") -> "GGNReference":
         """The reference saved at ``path``, its tensors on ``device`` (on the CPU: mapped from the file)."""
-        fields = torch.load(path, weights_only=True, mmap=True)
-        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else
-                 [t.to(device) for t in v] if isinstance(v, list) else v for k, v in fields.items()}
-        return cls(**moved)
+        return cls(**_on(torch.load(path, weights_only=True, mmap=True), device))
+
+
+def _on(fields: dict, device: str | torch.device) -> dict:
+    """The reference's fields with every tensor (and every tensor of a list) on ``device``."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else
+            [t.to(device) for t in v] if isinstance(v, list) else v for k, v in fields.items()}
 
 
 def estimate_queries(n_test: int, k: int = ESTIMATE_QUERIES, seed: int = ESTIMATE_SEED,

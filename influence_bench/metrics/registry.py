@@ -41,7 +41,7 @@ class MetricContext:
     damping: float
     eps: float
     ihvp: torch.Tensor | None  # [q, P]: the entry's inverse applied to the reference's query gradients
-    scores: torch.Tensor  # [q, n_train]: the entry's scores for the reference's queries, fixed damping
+    scores: torch.Tensor  # [q, n_train]: the entry's scores for the reference's queries, fixed damping (on the CPU)
     cache: dict = field(default_factory=dict)  # shared work between metrics of one entry (Lanczos, ...)
 
 

@@ -340,8 +340,7 @@ def metric_rows(entry: Entry, problem: InfluenceProblem, settings: EvalSettings,
 
     queries = reference.queries.cpu().numpy()
     ctx = MetricContext(entry, problem, reference, settings.damping, settings.eps,
-                        None if ihvp is None else ihvp[queries],
-                        torch.as_tensor(scores_fixed[queries], device=problem.device))
+                        None if ihvp is None else ihvp[queries], torch.from_numpy(scores_fixed[queries]))
     rows = []
     for metric, m in compute_all(ctx).items():
         rows.append(schema.row(entry.name, "fixed", metric, m.value, direction(metric),
